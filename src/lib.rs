@@ -1,0 +1,15 @@
+//! walbust: PostgreSQL logical replication -> declarative rules -> Redis cache invalidation.
+//!
+//! Pipeline stages, each its own module:
+//! [`sample`] (WAL sample readers) → [`model`] (the change model) → [`rules`] (load,
+//! validate, evaluate) → [`plan`] (deduplicated actions per transaction) → sinks
+//! ([`dryrun`] printer). [`check`] validates rules statically and against a live schema;
+//! [`harness`] starts throwaway PostgreSQL and Redis servers for tests and demos.
+
+pub mod check;
+pub mod dryrun;
+pub mod harness;
+pub mod model;
+pub mod plan;
+pub mod rules;
+pub mod sample;

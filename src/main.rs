@@ -1,0 +1,237 @@
+//! The `walbust` command line: parses arguments and calls into the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use walbust::dryrun::{self, OutputFormat};
+use walbust::rules::{self, Diagnostic, Severity};
+use walbust::sample::{self, InputFormat};
+
+#[derive(Parser)]
+#[command(name = "walbust", version, about = "Cache invalidation from PostgreSQL logical replication", long_about = None)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WALBUST_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show which keys, tags and version keys a WAL sample would invalidate, without touching Redis.
+    #[command(name = "dry-run")]
+    DryRun(DryRunArgs),
+    /// Validate rules statically, and against a live schema with --db.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct DryRunArgs {
+    /// Rules file or directory (default: ./rules, else the bundled catalog rules).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// WAL sample: test_decoding text, wal2json JSON lines, or `-` for stdin (default: the bundled catalog sample).
+    #[arg(long)]
+    wal: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Sample format; detected from the first line when not given.
+    #[arg(long, value_parser = parse_input_format)]
+    input_format: Option<InputFormat>,
+    /// Name the rule that produced each action.
+    #[arg(long)]
+    explain: bool,
+    /// Report bad sample lines and continue.
+    #[arg(long)]
+    keep_going: bool,
+    /// Exit with status 2 when a change could not be mapped and its rule has no fallback.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Rules file or directory.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// Also check against this database (libpq URL or key=value string).
+    #[arg(long, env = "WALBUST_DB")]
+    db: Option<String>,
+    /// Publication whose coverage to check (with --db).
+    #[arg(long)]
+    publication: Option<String>,
+    /// Exit with status 2 when there are warnings (and no errors).
+    #[arg(long)]
+    strict: bool,
+}
+
+fn parse_input_format(text: &str) -> Result<InputFormat, String> {
+    InputFormat::parse(text).ok_or_else(|| {
+        format!("unknown input format `{text}`; use test_decoding, wal2json, wal2json-v1 or capture")
+    })
+}
+
+const BUNDLED_RULES: &str = "rules";
+const BUNDLED_SAMPLE: &str = "samples/catalog.wal2json.jsonl";
+const EMBEDDED_RULES: &str = include_str!("../rules/catalog.yaml");
+const EMBEDDED_SAMPLE: &str = include_str!("../samples/catalog.wal2json.jsonl");
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::DryRun(args) => dry_run(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    let stderr = std::io::stderr();
+    let mut err = stderr.lock();
+    for d in diagnostics {
+        let _ = writeln!(err, "{d}");
+    }
+}
+
+fn load_rules(path: Option<&Path>) -> Result<Option<rules::load::Loaded>> {
+    let result = match path {
+        Some(p) => rules::load_path(p),
+        None if Path::new(BUNDLED_RULES).exists() => rules::load_path(Path::new(BUNDLED_RULES)),
+        None => {
+            eprintln!("note: no ./rules here; using the bundled catalog rules (pass --rules to use yours)");
+            rules::load_str("<bundled>/rules/catalog.yaml", EMBEDDED_RULES)
+        }
+    };
+    match result {
+        Ok(loaded) => Ok(Some(loaded)),
+        Err(e) => {
+            print_diagnostics(&e.diagnostics);
+            let errors = e.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            eprintln!("error: the rules have {errors} error(s); fix them and run again (`walbust check` lists them too)");
+            Ok(None)
+        }
+    }
+}
+
+fn dry_run(args: DryRunArgs) -> Result<ExitCode> {
+    let Some(loaded) = load_rules(args.rules.as_deref())? else {
+        return Ok(ExitCode::from(1));
+    };
+    let rules = Arc::new(loaded.rules);
+    let mut source = match &args.wal {
+        Some(path) => sample::open_path(path, args.input_format)?,
+        None if Path::new(BUNDLED_SAMPLE).exists() => sample::open_path(Path::new(BUNDLED_SAMPLE), args.input_format)?,
+        None => {
+            eprintln!("note: no ./{BUNDLED_SAMPLE} here; using the bundled catalog sample (pass --wal to use yours)");
+            sample::open_reader(
+                "<bundled>/samples/catalog.wal2json.jsonl",
+                Box::new(std::io::Cursor::new(EMBEDDED_SAMPLE.as_bytes())),
+                args.input_format,
+            )?
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let options = dryrun::Options {
+        format: match args.format {
+            Format::Text => OutputFormat::Text,
+            Format::Json => OutputFormat::Json,
+        },
+        explain: args.explain,
+        keep_going: args.keep_going,
+    };
+    let mut on_skip = |e: &sample::SampleError| eprintln!("skipped: {e}");
+    let summary = dryrun::run(rules, source.as_mut(), &mut out, options, &mut on_skip)
+        .context("dry-run stopped")?;
+    out.flush().context("cannot write output")?;
+    if summary.unrenderable > 0 {
+        tracing::warn!(
+            unrenderable = summary.unrenderable,
+            "some changes could not be mapped and their rules have no fallback"
+        );
+        if args.strict {
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let loaded = match rules::load_path(&args.rules) {
+        Ok(l) => l,
+        Err(e) => {
+            print_diagnostics(&e.diagnostics);
+            summarize(&e.diagnostics, 0);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut diagnostics = loaded.warnings.clone();
+    diagnostics.extend(walbust::check::static_notes(&loaded.rules));
+    if let Some(db) = &args.db {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let schema = runtime.block_on(walbust::check::read_schema(db, &loaded.rules, args.publication.as_deref()))?;
+        diagnostics.extend(walbust::check::check_against_schema(&loaded.rules, &schema));
+        if let Some(publication) = &schema.publication {
+            if publication.exists {
+                let tables: Vec<String> = publication.tables.iter().map(|t| t.to_string()).collect();
+                println!("publication `{}` covers: {}", publication.name, tables.join(", "));
+            }
+        }
+    } else if args.publication.is_some() {
+        eprintln!("note: --publication is checked only together with --db");
+    }
+    print_diagnostics(&diagnostics);
+    let errors = summarize(&diagnostics, loaded.rules.rules.len());
+    let warnings = diagnostics.len() - errors;
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else if warnings > 0 && args.strict {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn summarize(diagnostics: &[Diagnostic], rules: usize) -> usize {
+    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let warnings = diagnostics.len() - errors;
+    if errors == 0 {
+        println!("ok: {rules} rule(s), {warnings} warning(s)");
+    } else {
+        println!("{errors} error(s), {warnings} warning(s)");
+    }
+    errors
+}
