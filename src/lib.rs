@@ -13,3 +13,4 @@ pub mod model;
 pub mod plan;
 pub mod rules;
 pub mod sample;
+pub mod stream;

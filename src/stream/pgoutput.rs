@@ -1,0 +1,722 @@
+//! pgoutput (logical replication protocol version 1) decoding. Pure: bytes in, messages and
+//! change-model events out; no I/O, and never a panic on any input.
+//!
+//! Message layouts follow PostgreSQL's "Logical Replication Message Formats". Two layers:
+//! [`parse_message`] turns one message into a borrowed [`Message`]; [`Decoder`] keeps the
+//! relation cache (built from Relation messages, replaced when one arrives again after an
+//! ALTER TABLE) and turns messages into [`Event`]s.
+
+use crate::model::{
+    Change, Column, CommitInfo, Datum, Event, Lsn, Op, Relation, ReplicaIdentity, RowChange, Timestamp, Truncate,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A malformed or unexpected pgoutput message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("pgoutput message truncated: needed {needed} more byte(s) for {what}")]
+    Truncated { what: &'static str, needed: usize },
+    #[error("unknown pgoutput message type {0:?}")]
+    UnknownMessage(char),
+    #[error("unknown tuple column kind {0:?} (expected n, u, t or b)")]
+    UnknownColumnKind(char),
+    #[error("unexpected byte {found:?} in {what} (expected {expected})")]
+    Unexpected {
+        what: &'static str,
+        expected: &'static str,
+        found: char,
+    },
+    #[error("{0} message for relation {1} that no Relation message described (the stream must start at a transaction boundary)")]
+    UnknownRelation(&'static str, u32),
+    #[error("tuple has {found} columns but relation {relation} has {expected}")]
+    ColumnCount {
+        relation: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error("negative length {0} in pgoutput message")]
+    NegativeLength(i32),
+    #[error("{0} trailing byte(s) after a pgoutput message")]
+    Trailing(usize),
+}
+
+/// A byte cursor that reads big-endian fields and reports truncation instead of panicking.
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated {
+                what,
+                needed: n - self.buf.len(),
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn i16(&mut self, what: &'static str) -> Result<i16, DecodeError> {
+        let b = self.take(2, what)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self, what: &'static str) -> Result<i32, DecodeError> {
+        let b = self.take(4, what)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(self.i32(what)? as u32)
+    }
+    fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+    fn lsn(&mut self, what: &'static str) -> Result<Lsn, DecodeError> {
+        Ok(Lsn(self.i64(what)? as u64))
+    }
+    /// A NUL-terminated string.
+    fn cstr(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(DecodeError::Truncated { what, needed: 1 })?;
+        let bytes = &self.buf[..end];
+        self.buf = &self.buf[end + 1..];
+        // Identifiers are valid in the server encoding; keep going with a lossy view if not.
+        Ok(std::str::from_utf8(bytes).unwrap_or("\u{fffd}"))
+    }
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing(self.buf.len()))
+        }
+    }
+}
+
+/// One column of a TupleData.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TupleValue<'a> {
+    Null,
+    UnchangedToast,
+    Text(&'a [u8]),
+    Binary(&'a [u8]),
+}
+
+/// Old-image kind of Update and Delete messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldKind {
+    /// `K`: only the replica identity columns (others are sent as NULL).
+    Key,
+    /// `O`: the whole old row (REPLICA IDENTITY FULL).
+    Old,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationColumn<'a> {
+    pub is_key: bool,
+    pub name: &'a str,
+    pub type_oid: u32,
+    pub type_modifier: i32,
+}
+
+/// One decoded pgoutput message, borrowing from the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    Begin {
+        final_lsn: Lsn,
+        commit_time: i64,
+        xid: u32,
+    },
+    Commit {
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+    Origin {
+        lsn: Lsn,
+        name: &'a str,
+    },
+    Relation {
+        oid: u32,
+        namespace: &'a str,
+        name: &'a str,
+        replica_identity: u8,
+        columns: Vec<RelationColumn<'a>>,
+    },
+    Type {
+        oid: u32,
+        namespace: &'a str,
+        name: &'a str,
+    },
+    Insert {
+        relation: u32,
+        new: Vec<TupleValue<'a>>,
+    },
+    Update {
+        relation: u32,
+        old: Option<(OldKind, Vec<TupleValue<'a>>)>,
+        new: Vec<TupleValue<'a>>,
+    },
+    Delete {
+        relation: u32,
+        old: (OldKind, Vec<TupleValue<'a>>),
+    },
+    Truncate {
+        cascade: bool,
+        restart_identity: bool,
+        relations: Vec<u32>,
+    },
+    /// A logical decoding message (`pg_logical_emit_message`).
+    LogicalMessage {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: &'a str,
+        content: &'a [u8],
+    },
+}
+
+fn tuple<'a>(c: &mut Cursor<'a>) -> Result<Vec<TupleValue<'a>>, DecodeError> {
+    let n = c.i16("tuple column count")?;
+    if n < 0 {
+        return Err(DecodeError::NegativeLength(i32::from(n)));
+    }
+    // Bound the allocation by what the input can possibly hold (1 byte per column).
+    let mut values = Vec::with_capacity((n as usize).min(c.buf.len()));
+    for _ in 0..n {
+        let value = match c.u8("tuple column kind")? {
+            b'n' => TupleValue::Null,
+            b'u' => TupleValue::UnchangedToast,
+            kind @ (b't' | b'b') => {
+                let len = c.i32("column length")?;
+                if len < 0 {
+                    return Err(DecodeError::NegativeLength(len));
+                }
+                let bytes = c.take(len as usize, "column value")?;
+                if kind == b't' {
+                    TupleValue::Text(bytes)
+                } else {
+                    TupleValue::Binary(bytes)
+                }
+            }
+            other => return Err(DecodeError::UnknownColumnKind(other as char)),
+        };
+        values.push(value);
+    }
+    Ok(values)
+}
+
+fn old_kind(byte: u8, what: &'static str) -> Result<OldKind, DecodeError> {
+    match byte {
+        b'K' => Ok(OldKind::Key),
+        b'O' => Ok(OldKind::Old),
+        other => Err(DecodeError::Unexpected {
+            what,
+            expected: "K or O",
+            found: other as char,
+        }),
+    }
+}
+
+/// Parses one pgoutput message (the payload of an XLogData frame).
+pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
+    let mut c = Cursor { buf: bytes };
+    let tag = c.u8("message type")?;
+    let message = match tag {
+        b'B' => Message::Begin {
+            final_lsn: c.lsn("Begin final LSN")?,
+            commit_time: c.i64("Begin commit time")?,
+            xid: c.u32("Begin xid")?,
+        },
+        b'C' => Message::Commit {
+            flags: c.u8("Commit flags")?,
+            commit_lsn: c.lsn("Commit LSN")?,
+            end_lsn: c.lsn("Commit end LSN")?,
+            commit_time: c.i64("Commit time")?,
+        },
+        b'O' => Message::Origin {
+            lsn: c.lsn("Origin LSN")?,
+            name: c.cstr("Origin name")?,
+        },
+        b'R' => {
+            let oid = c.u32("Relation OID")?;
+            let namespace = c.cstr("Relation namespace")?;
+            let name = c.cstr("Relation name")?;
+            let replica_identity = c.u8("Relation replica identity")?;
+            let n = c.i16("Relation column count")?;
+            if n < 0 {
+                return Err(DecodeError::NegativeLength(i32::from(n)));
+            }
+            let mut columns = Vec::with_capacity((n as usize).min(c.buf.len()));
+            for _ in 0..n {
+                let flags = c.u8("column flags")?;
+                columns.push(RelationColumn {
+                    is_key: flags & 1 == 1,
+                    name: c.cstr("column name")?,
+                    type_oid: c.u32("column type OID")?,
+                    type_modifier: c.i32("column type modifier")?,
+                });
+            }
+            Message::Relation {
+                oid,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            }
+        }
+        b'Y' => Message::Type {
+            oid: c.u32("Type OID")?,
+            namespace: c.cstr("Type namespace")?,
+            name: c.cstr("Type name")?,
+        },
+        b'I' => {
+            let relation = c.u32("Insert relation")?;
+            match c.u8("Insert tuple marker")? {
+                b'N' => {}
+                other => {
+                    return Err(DecodeError::Unexpected {
+                        what: "Insert",
+                        expected: "N",
+                        found: other as char,
+                    })
+                }
+            }
+            Message::Insert {
+                relation,
+                new: tuple(&mut c)?,
+            }
+        }
+        b'U' => {
+            let relation = c.u32("Update relation")?;
+            let mut marker = c.u8("Update tuple marker")?;
+            let mut old = None;
+            if marker == b'K' || marker == b'O' {
+                let kind = old_kind(marker, "Update")?;
+                old = Some((kind, tuple(&mut c)?));
+                marker = c.u8("Update new tuple marker")?;
+            }
+            if marker != b'N' {
+                return Err(DecodeError::Unexpected {
+                    what: "Update",
+                    expected: "K, O or N",
+                    found: marker as char,
+                });
+            }
+            Message::Update {
+                relation,
+                old,
+                new: tuple(&mut c)?,
+            }
+        }
+        b'D' => {
+            let relation = c.u32("Delete relation")?;
+            let kind = old_kind(c.u8("Delete tuple marker")?, "Delete")?;
+            Message::Delete {
+                relation,
+                old: (kind, tuple(&mut c)?),
+            }
+        }
+        b'T' => {
+            let n = c.i32("Truncate relation count")?;
+            if n < 0 {
+                return Err(DecodeError::NegativeLength(n));
+            }
+            let options = c.u8("Truncate options")?;
+            let mut relations = Vec::with_capacity((n as usize).min(c.buf.len() / 4));
+            for _ in 0..n {
+                relations.push(c.u32("Truncate relation OID")?);
+            }
+            Message::Truncate {
+                cascade: options & 1 != 0,
+                restart_identity: options & 2 != 0,
+                relations,
+            }
+        }
+        b'M' => {
+            let flags = c.u8("Message flags")?;
+            let lsn = c.lsn("Message LSN")?;
+            let prefix = c.cstr("Message prefix")?;
+            let len = c.i32("Message length")?;
+            if len < 0 {
+                return Err(DecodeError::NegativeLength(len));
+            }
+            Message::LogicalMessage {
+                transactional: flags & 1 != 0,
+                lsn,
+                prefix,
+                content: c.take(len as usize, "Message content")?,
+            }
+        }
+        other => return Err(DecodeError::UnknownMessage(other as char)),
+    };
+    c.finish()?;
+    Ok(message)
+}
+
+/// Stateful decoder: relation cache + message → event conversion.
+#[derive(Default)]
+pub struct Decoder {
+    relations: HashMap<u32, Arc<Relation>>,
+    /// Type names announced by Type messages (user-defined types), by OID.
+    types: HashMap<u32, String>,
+    xid: Option<u32>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// The relation last described for `oid`.
+    pub fn relation(&self, oid: u32) -> Option<&Arc<Relation>> {
+        self.relations.get(&oid)
+    }
+
+    /// Every relation described so far (for writing self-contained captures).
+    pub fn relations(&self) -> impl Iterator<Item = &Arc<Relation>> {
+        self.relations.values()
+    }
+
+    /// Decodes one message; `Ok(None)` for messages that produce no event (Relation, Type,
+    /// Origin, logical decoding messages).
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
+        let message = parse_message(bytes)?;
+        self.apply(message)
+    }
+
+    fn rel(&self, what: &'static str, oid: u32) -> Result<&Arc<Relation>, DecodeError> {
+        self.relations.get(&oid).ok_or(DecodeError::UnknownRelation(what, oid))
+    }
+
+    /// Applies an already parsed message.
+    pub fn apply(&mut self, message: Message<'_>) -> Result<Option<Event>, DecodeError> {
+        Ok(match message {
+            Message::Begin { xid, .. } => {
+                self.xid = Some(xid);
+                Some(Event::Begin { xid: Some(xid) })
+            }
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => Some(Event::Commit(CommitInfo {
+                xid: self.xid.take(),
+                lsn: Some(commit_lsn),
+                end_lsn: Some(end_lsn),
+                commit_time: Some(Timestamp::from_pg_micros(commit_time)),
+            })),
+            Message::Origin { .. } | Message::LogicalMessage { .. } => None,
+            Message::Type { oid, namespace, name } => {
+                self.types.insert(oid, format!("{namespace}.{name}"));
+                None
+            }
+            Message::Relation {
+                oid,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            } => {
+                let columns = columns
+                    .into_iter()
+                    .map(|c| Column {
+                        name: c.name.to_string(),
+                        type_name: self.types.get(&c.type_oid).cloned(),
+                        type_oid: Some(c.type_oid),
+                        is_key: c.is_key,
+                    })
+                    .collect();
+                // pgoutput sends an empty namespace for pg_catalog.
+                let schema = if namespace.is_empty() { "pg_catalog" } else { namespace };
+                let mut relation = Relation::new(schema, name, columns);
+                relation.oid = Some(oid);
+                relation.replica_identity = ReplicaIdentity::from_code(replica_identity);
+                self.relations.insert(oid, Arc::new(relation));
+                None
+            }
+            Message::Insert { relation, new } => {
+                let rel = self.rel("Insert", relation)?.clone();
+                let new = row(&rel, &new, None)?;
+                Some(Event::Change(Change::Row(RowChange {
+                    relation: rel,
+                    op: Op::Insert,
+                    old: None,
+                    new: Some(new),
+                })))
+            }
+            Message::Update { relation, old, new } => {
+                let rel = self.rel("Update", relation)?.clone();
+                let old = match old {
+                    Some((kind, values)) => Some(row(&rel, &values, Some(kind))?),
+                    None => None,
+                };
+                let new = row(&rel, &new, None)?;
+                Some(Event::Change(Change::Row(RowChange {
+                    relation: rel,
+                    op: Op::Update,
+                    old,
+                    new: Some(new),
+                })))
+            }
+            Message::Delete {
+                relation,
+                old: (kind, values),
+            } => {
+                let rel = self.rel("Delete", relation)?.clone();
+                let old = row(&rel, &values, Some(kind))?;
+                Some(Event::Change(Change::Row(RowChange {
+                    relation: rel,
+                    op: Op::Delete,
+                    old: Some(old),
+                    new: None,
+                })))
+            }
+            Message::Truncate {
+                cascade,
+                restart_identity,
+                relations,
+            } => {
+                let relations = relations
+                    .iter()
+                    .map(|oid| self.rel("Truncate", *oid).cloned())
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(Event::Change(Change::Truncate(Truncate {
+                    relations,
+                    cascade,
+                    restart_identity,
+                })))
+            }
+        })
+    }
+}
+
+/// Converts tuple values to a row. For a key-only old image (`K`), non-key columns are not
+/// carried (pgoutput sends them as NULL): they become [`Datum::Absent`].
+fn row(rel: &Relation, values: &[TupleValue<'_>], old: Option<OldKind>) -> Result<Vec<Datum>, DecodeError> {
+    if values.len() != rel.columns.len() {
+        return Err(DecodeError::ColumnCount {
+            relation: rel.qualified_name(),
+            expected: rel.columns.len(),
+            found: values.len(),
+        });
+    }
+    Ok(values
+        .iter()
+        .zip(&rel.columns)
+        .map(|(value, column)| {
+            if old == Some(OldKind::Key) && !column.is_key {
+                return Datum::Absent;
+            }
+            match value {
+                TupleValue::Null => Datum::Null,
+                TupleValue::UnchangedToast => Datum::UnchangedToast,
+                TupleValue::Text(bytes) | TupleValue::Binary(bytes) => Datum::Text(match std::str::from_utf8(bytes) {
+                    Ok(s) => s.to_string(),
+                    Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+                }),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds messages byte by byte, the way the server lays them out.
+    struct B(Vec<u8>);
+    impl B {
+        fn new(tag: u8) -> B {
+            B(vec![tag])
+        }
+        fn u8(mut self, v: u8) -> B {
+            self.0.push(v);
+            self
+        }
+        fn i16(mut self, v: i16) -> B {
+            self.0.extend_from_slice(&v.to_be_bytes());
+            self
+        }
+        fn i32(mut self, v: i32) -> B {
+            self.0.extend_from_slice(&v.to_be_bytes());
+            self
+        }
+        fn i64(mut self, v: i64) -> B {
+            self.0.extend_from_slice(&v.to_be_bytes());
+            self
+        }
+        fn s(mut self, v: &str) -> B {
+            self.0.extend_from_slice(v.as_bytes());
+            self.0.push(0);
+            self
+        }
+        fn text(self, v: &str) -> B {
+            let mut b = self.u8(b't').i32(v.len() as i32);
+            b.0.extend_from_slice(v.as_bytes());
+            b
+        }
+    }
+
+    fn relation_msg() -> Vec<u8> {
+        B::new(b'R')
+            .i32(16385)
+            .s("public")
+            .s("products")
+            .u8(b'd')
+            .i16(3)
+            .u8(1)
+            .s("id")
+            .i32(20)
+            .i32(-1)
+            .u8(0)
+            .s("category_id")
+            .i32(20)
+            .i32(-1)
+            .u8(0)
+            .s("description")
+            .i32(25)
+            .i32(-1)
+            .0
+    }
+
+    #[test]
+    fn begin_commit_round_trip() {
+        let mut d = Decoder::new();
+        let begin = B::new(b'B').i64(0x16B3748).i64(0).i32(731).0;
+        assert_eq!(d.decode(&begin).unwrap(), Some(Event::Begin { xid: Some(731) }));
+        let commit = B::new(b'C').u8(0).i64(0x16B3748).i64(0x16B3778).i64(1_000_000).0;
+        let Some(Event::Commit(info)) = d.decode(&commit).unwrap() else {
+            panic!()
+        };
+        assert_eq!(info.xid, Some(731));
+        assert_eq!(info.lsn.unwrap().to_string(), "0/16B3748");
+        assert_eq!(info.end_lsn.unwrap().to_string(), "0/16B3778");
+        assert_eq!(info.commit_time.unwrap().to_string(), "2000-01-01T00:00:01.000000Z");
+    }
+
+    #[test]
+    fn relation_insert_update_delete() {
+        let mut d = Decoder::new();
+        assert_eq!(d.decode(&relation_msg()).unwrap(), None);
+        let rel = d.relation(16385).unwrap().clone();
+        assert_eq!(rel.qualified_name(), "public.products");
+        assert!(rel.columns[0].is_key && !rel.columns[1].is_key);
+        assert_eq!(rel.replica_identity, Some(ReplicaIdentity::Default));
+
+        let insert = B::new(b'I').i32(16385).u8(b'N').i16(3).text("1").text("5").u8(b'n').0;
+        let Some(Event::Change(Change::Row(r))) = d.decode(&insert).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.new.unwrap(), vec![Datum::Text("1".into()), Datum::Text("5".into()), Datum::Null]);
+
+        let update = B::new(b'U')
+            .i32(16385)
+            .u8(b'K')
+            .i16(3)
+            .text("1")
+            .u8(b'n')
+            .u8(b'n')
+            .u8(b'N')
+            .i16(3)
+            .text("2")
+            .text("5")
+            .u8(b'u')
+            .0;
+        let Some(Event::Change(Change::Row(r))) = d.decode(&update).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.old.unwrap(), vec![Datum::Text("1".into()), Datum::Absent, Datum::Absent]);
+        assert_eq!(r.new.unwrap()[2], Datum::UnchangedToast);
+
+        let delete = B::new(b'D').i32(16385).u8(b'O').i16(3).text("2").text("5").text("d").0;
+        let Some(Event::Change(Change::Row(r))) = d.decode(&delete).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.op, Op::Delete);
+        assert_eq!(r.old.unwrap()[2], Datum::Text("d".into()));
+    }
+
+    #[test]
+    fn relation_replaced_after_alter_table() {
+        let mut d = Decoder::new();
+        d.decode(&relation_msg()).unwrap();
+        let first = d.relation(16385).unwrap().id;
+        let altered = B::new(b'R').i32(16385).s("public").s("products").u8(b'f').i16(1).u8(1).s("id").i32(20).i32(-1).0;
+        d.decode(&altered).unwrap();
+        let rel = d.relation(16385).unwrap();
+        assert_ne!(rel.id, first);
+        assert_eq!(rel.columns.len(), 1);
+        assert_eq!(rel.replica_identity, Some(ReplicaIdentity::Full));
+    }
+
+    #[test]
+    fn truncate_and_message() {
+        let mut d = Decoder::new();
+        d.decode(&relation_msg()).unwrap();
+        let t = B::new(b'T').i32(1).u8(3).i32(16385).0;
+        let Some(Event::Change(Change::Truncate(t))) = d.decode(&t).unwrap() else {
+            panic!()
+        };
+        assert!(t.cascade && t.restart_identity);
+        assert_eq!(t.relations.len(), 1);
+        let m = B::new(b'M').u8(1).i64(5).s("walbust").i32(2).u8(b'h').u8(b'i').0;
+        assert_eq!(
+            parse_message(&m).unwrap(),
+            Message::LogicalMessage {
+                transactional: true,
+                lsn: Lsn(5),
+                prefix: "walbust",
+                content: b"hi"
+            }
+        );
+        assert_eq!(d.decode(&m).unwrap(), None);
+    }
+
+    #[test]
+    fn errors_not_panics() {
+        let mut d = Decoder::new();
+        assert!(matches!(d.decode(b""), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(d.decode(b"Z"), Err(DecodeError::UnknownMessage('Z'))));
+        let insert = B::new(b'I').i32(99).u8(b'N').i16(0).0;
+        assert!(matches!(d.decode(&insert), Err(DecodeError::UnknownRelation("Insert", 99))));
+        d.decode(&relation_msg()).unwrap();
+        let short = B::new(b'I').i32(16385).u8(b'N').i16(1).text("1").0;
+        assert!(matches!(d.decode(&short), Err(DecodeError::ColumnCount { .. })));
+        let bad_len = B::new(b'I').i32(16385).u8(b'N').i16(1).u8(b't').i32(-5).0;
+        assert!(matches!(d.decode(&bad_len), Err(DecodeError::NegativeLength(-5))));
+        let trailing = B::new(b'B').i64(0).i64(0).i32(1).u8(0).0;
+        assert!(matches!(d.decode(&trailing), Err(DecodeError::Trailing(1))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let mut d = Decoder::new();
+            let _ = d.decode(&relation_msg());
+            let _ = d.decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_valid_tag_never_panic(
+            tag in proptest::sample::select(b"BCORYIUDTM".to_vec()),
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+        ) {
+            let mut bytes = vec![tag];
+            bytes.extend(rest);
+            let mut d = Decoder::new();
+            let _ = d.decode(&relation_msg());
+            let _ = d.decode(&bytes);
+        }
+    }
+}
