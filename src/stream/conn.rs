@@ -460,6 +460,15 @@ impl ReplicationConnection {
         Ok(())
     }
 
+    /// True when a complete backend message is already buffered (receiving it won't wait).
+    pub fn has_buffered_message(&self) -> bool {
+        if self.read.len() < 5 {
+            return false;
+        }
+        let len = i32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
+        len >= 4 && self.read.len() > len as usize
+    }
+
     /// Receives one backend message.
     pub async fn recv(&mut self) -> Result<BackendMessage, ConnError> {
         loop {

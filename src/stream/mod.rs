@@ -6,4 +6,5 @@
 pub mod conn;
 pub mod frames;
 pub mod pgoutput;
+pub mod replication;
 pub mod tls;
