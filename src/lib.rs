@@ -6,11 +6,13 @@
 //! ([`dryrun`] printer). [`check`] validates rules statically and against a live schema;
 //! [`harness`] starts throwaway PostgreSQL and Redis servers for tests and demos.
 
+pub mod capture;
 pub mod check;
 pub mod dryrun;
 pub mod harness;
 pub mod model;
 pub mod plan;
+pub mod record;
 pub mod rules;
 pub mod sample;
 pub mod stream;
