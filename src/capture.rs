@@ -322,9 +322,8 @@ mod tests {
             bytes.extend(body);
             if let Ok(mut r) = CaptureReader::open("c", Box::new(std::io::Cursor::new(bytes))) {
                 for _ in 0..100 {
-                    match r.next_event() {
-                        Ok(None) => break,
-                        _ => {}
+                    if let Ok(None) = r.next_event() {
+                        break;
                     }
                 }
             }

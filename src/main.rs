@@ -39,6 +39,48 @@ enum Command {
     DryRun(DryRunArgs),
     /// Validate rules statically, and against a live schema with --db.
     Check(CheckArgs),
+    /// Capture live changes (temporary slot) or a slot's backlog (--peek) into a capture file.
+    Record(RecordArgs),
+    /// Create the publication (for the rules' tables) and then the replication slot.
+    Setup(SetupArgs),
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// Database (libpq URL or key=value string; sslmode and sslrootcert are honoured).
+    #[arg(long, env = "WALBUST_DB")]
+    db: String,
+    /// Publication whose tables to record.
+    #[arg(long)]
+    publication: String,
+    /// Output file (`-` for stdout).
+    #[arg(long)]
+    out: PathBuf,
+    /// Stop after this many row changes (at the end of the transaction).
+    #[arg(long)]
+    max_changes: Option<u64>,
+    /// Stop after this long (e.g. 30s, 5m), at a transaction boundary.
+    #[arg(long, value_parser = parse_duration_arg)]
+    duration: Option<std::time::Duration>,
+    /// Stop once this LSN is reached.
+    #[arg(long, value_parser = parse_lsn_arg)]
+    until_lsn: Option<walbust::model::Lsn>,
+    /// Record the pending backlog of this existing slot without consuming it.
+    #[arg(long)]
+    peek: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct SetupArgs {
+    #[arg(long, env = "WALBUST_DB")]
+    db: String,
+    #[arg(long, default_value = "walbust")]
+    publication: String,
+    #[arg(long, default_value = "walbust")]
+    slot: String,
+    /// Rules whose tables the publication must cover.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +124,14 @@ struct CheckArgs {
     strict: bool,
 }
 
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    rules::load::parse_duration(text).ok_or_else(|| format!("cannot read duration `{text}`; write e.g. 500ms, 30s or 5m"))
+}
+
+fn parse_lsn_arg(text: &str) -> Result<walbust::model::Lsn, String> {
+    walbust::model::Lsn::parse(text).ok_or_else(|| format!("cannot read LSN `{text}`; write it as PostgreSQL prints it, e.g. 0/16B3748"))
+}
+
 fn parse_input_format(text: &str) -> Result<InputFormat, String> {
     InputFormat::parse(text).ok_or_else(|| {
         format!("unknown input format `{text}`; use test_decoding, wal2json, wal2json-v1 or capture")
@@ -108,6 +158,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::DryRun(args) => dry_run(args),
         Command::Check(args) => check(args),
+        Command::Record(args) => record(args),
+        Command::Setup(args) => setup(args),
     };
     match result {
         Ok(code) => code,
@@ -234,4 +286,76 @@ fn summarize(diagnostics: &[Diagnostic], rules: usize) -> usize {
         println!("{errors} error(s), {warnings} warning(s)");
     }
     errors
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn record(args: RecordArgs) -> Result<ExitCode> {
+    let connect = walbust::stream::conn::ConnectOptions::parse(&args.db)?;
+    let options = walbust::record::RecordOptions {
+        connect,
+        publication: args.publication,
+        stop: walbust::record::StopAt {
+            max_changes: args.max_changes,
+            duration: args.duration,
+            until_lsn: args.until_lsn,
+        },
+        peek: args.peek,
+    };
+    let out: Box<dyn Write + Send> = if args.out.as_os_str() == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?,
+        ))
+    };
+    let summary = runtime()?.block_on(async {
+        let interrupt = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        walbust::record::record(&options, out, interrupt).await
+    })?;
+    eprintln!(
+        "recorded {} transaction(s), {} change(s), {} message(s){}",
+        summary.transactions,
+        summary.changes,
+        summary.records,
+        summary
+            .last_commit_end
+            .map(|l| format!(" up to {l}"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn setup(args: SetupArgs) -> Result<ExitCode> {
+    let Some(loaded) = load_rules(Some(&args.rules))? else {
+        return Ok(ExitCode::from(1));
+    };
+    let mut tables: Vec<rules::TableName> = loaded.rules.tables().cloned().collect();
+    tables.sort();
+    let connect = walbust::stream::conn::ConnectOptions::parse(&args.db)?;
+    let report = runtime()?.block_on(walbust::stream::replication::setup(
+        &connect,
+        &args.publication,
+        &args.slot,
+        &tables,
+    ))?;
+    if report.publication_created {
+        println!("created publication `{}` for {} table(s)", args.publication, tables.len());
+    }
+    for t in &report.tables_added {
+        println!("added {t} to publication `{}`", args.publication);
+    }
+    match report.slot_created {
+        Some(lsn) => println!("created replication slot `{}` (pgoutput) at {lsn}", args.slot),
+        None => println!("replication slot `{}` already exists", args.slot),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -559,6 +559,82 @@ pub async fn create_slot(conn: &mut ReplicationConnection, slot: &str, temporary
         .unwrap_or_default())
 }
 
+/// What `walbust setup` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SetupReport {
+    pub publication_created: bool,
+    pub tables_added: Vec<String>,
+    pub slot_created: Option<Lsn>,
+}
+
+/// Creates the publication (for `tables`, adding missing ones to an existing publication) and
+/// then the slot — in that order, so the slot never starts before its publication exists.
+pub async fn setup(
+    connect: &ConnectOptions,
+    publication: &str,
+    slot: &str,
+    tables: &[crate::rules::TableName],
+) -> Result<SetupReport, StreamError> {
+    let mut conn = ReplicationConnection::connect(connect).await?;
+    let level = conn.simple_query("SHOW wal_level").await?;
+    let level = level.first("wal_level").unwrap_or("").to_string();
+    if level != "logical" {
+        return Err(StreamError::WalLevel(level));
+    }
+    let mut report = SetupReport::default();
+    let qualified = |t: &crate::rules::TableName| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    let exists = conn
+        .simple_query(&format!(
+            "SELECT puballtables::text AS all FROM pg_catalog.pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?;
+    if exists.rows.is_empty() {
+        let list: Vec<String> = tables.iter().map(qualified).collect();
+        let sql = if list.is_empty() {
+            format!("CREATE PUBLICATION {}", quote_ident(publication))
+        } else {
+            format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list.join(", "))
+        };
+        conn.simple_query(&sql).await?;
+        report.publication_created = true;
+    } else if exists.first("all") != Some("true") {
+        let covered = conn
+            .simple_query(&format!(
+                "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+                quote_literal(publication)
+            ))
+            .await?;
+        for table in tables {
+            let present = covered.rows.iter().any(|r| {
+                r.first().cloned().flatten().as_deref() == Some(table.schema.as_str())
+                    && r.get(1).cloned().flatten().as_deref() == Some(table.name.as_str())
+            });
+            if !present {
+                conn.simple_query(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(publication),
+                    qualified(table)
+                ))
+                .await?;
+                report.tables_added.push(table.to_string());
+            }
+        }
+    }
+    match slot_info(&mut conn, slot).await? {
+        Some(info) if info.plugin != "pgoutput" => {
+            return Err(StreamError::WrongPlugin {
+                slot: slot.to_string(),
+                plugin: info.plugin,
+            })
+        }
+        Some(_) => {}
+        None => report.slot_created = Some(create_slot(&mut conn, slot, false).await?),
+    }
+    conn.close().await;
+    Ok(report)
+}
+
 /// Double-quotes an identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
