@@ -1,0 +1,236 @@
+//! WAL sample readers: turn captured samples (test_decoding text, wal2json JSON, walbust
+//! captures) into change-model [`Event`]s, streaming — memory stays flat whatever the size.
+//!
+//! Samples do not declare relations, so the text readers keep a relation cache built from the
+//! column lists they see (a new column list makes a new relation version, as ALTER TABLE does).
+
+pub mod test_decoding;
+pub mod wal2json;
+
+use crate::model::{Column, Datum, Event, Relation};
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    TestDecoding,
+    Wal2JsonV2,
+    Wal2JsonV1,
+    Capture,
+}
+
+impl InputFormat {
+    pub fn parse(s: &str) -> Option<InputFormat> {
+        match s {
+            "test_decoding" | "test-decoding" => Some(InputFormat::TestDecoding),
+            "wal2json" | "wal2json-v2" | "wal2json2" => Some(InputFormat::Wal2JsonV2),
+            "wal2json-v1" | "wal2json1" => Some(InputFormat::Wal2JsonV1),
+            "capture" | "walbust" => Some(InputFormat::Capture),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InputFormat::TestDecoding => "test_decoding",
+            InputFormat::Wal2JsonV2 => "wal2json",
+            InputFormat::Wal2JsonV1 => "wal2json-v1",
+            InputFormat::Capture => "capture",
+        }
+    }
+}
+
+/// One bad spot in a sample: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}:{line}: {message}")]
+pub struct SampleError {
+    pub source_name: String,
+    pub line: u64,
+    pub message: String,
+}
+
+/// A stream of events read from a sample.
+pub trait EventSource {
+    /// The next event; `Ok(None)` at the end. After an error the reader has skipped the
+    /// offending record and can continue (`--keep-going`).
+    fn next_event(&mut self) -> Result<Option<Event>, SampleError>;
+    fn format(&self) -> InputFormat;
+}
+
+/// Detects the format from the first non-empty line.
+pub fn detect(first_line: &str) -> Option<InputFormat> {
+    let line = first_line.trim_start_matches('\u{feff}').trim();
+    if line.starts_with(crate::capture::MAGIC) {
+        Some(InputFormat::Capture)
+    } else if line.starts_with('{') {
+        if line.contains("\"action\"") {
+            Some(InputFormat::Wal2JsonV2)
+        } else {
+            Some(InputFormat::Wal2JsonV1)
+        }
+    } else if line.starts_with("BEGIN") || line.starts_with("COMMIT") || line.starts_with("table ") {
+        Some(InputFormat::TestDecoding)
+    } else {
+        None
+    }
+}
+
+/// Opens a reader over `input`; `format: None` detects it from the first non-empty line.
+pub fn open_reader(
+    source_name: &str,
+    mut input: Box<dyn BufRead + Send>,
+    format: Option<InputFormat>,
+) -> Result<Box<dyn EventSource + Send>, SampleError> {
+    let format = match format {
+        Some(f) => f,
+        None => {
+            let buf = input.fill_buf().map_err(|e| SampleError {
+                source_name: source_name.to_string(),
+                line: 1,
+                message: format!("cannot read: {e}"),
+            })?;
+            let text = String::from_utf8_lossy(&buf[..buf.len().min(4096)]);
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            if first.is_empty() {
+                // An empty sample is a valid (empty) test_decoding sample.
+                InputFormat::TestDecoding
+            } else {
+                detect(first).ok_or_else(|| SampleError {
+                    source_name: source_name.to_string(),
+                    line: 1,
+                    message: format!(
+                        "cannot tell the sample format from `{}`; pass --input-format test_decoding|wal2json|wal2json-v1|capture",
+                        truncate(first, 60)
+                    ),
+                })?
+            }
+        }
+    };
+    Ok(match format {
+        InputFormat::TestDecoding => Box::new(test_decoding::TestDecodingReader::new(source_name, input)),
+        InputFormat::Wal2JsonV2 => Box::new(wal2json::Wal2JsonReader::new(source_name, input)),
+        InputFormat::Wal2JsonV1 => Box::new(wal2json::Wal2JsonV1Reader::new(source_name, input)),
+        InputFormat::Capture => Box::new(crate::capture::CaptureReader::open(source_name, input)?),
+    })
+}
+
+/// Opens a sample file (`-` is standard input).
+pub fn open_path(path: &Path, format: Option<InputFormat>) -> Result<Box<dyn EventSource + Send>, SampleError> {
+    let name = path.display().to_string();
+    if name == "-" {
+        return open_reader("<stdin>", Box::new(std::io::BufReader::with_capacity(256 * 1024, std::io::stdin())), format);
+    }
+    let file = std::fs::File::open(path).map_err(|e| SampleError {
+        source_name: name.clone(),
+        line: 0,
+        message: format!("cannot open the WAL sample: {e}"),
+    })?;
+    open_reader(&name, Box::new(std::io::BufReader::with_capacity(256 * 1024, file)), format)
+}
+
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(max).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// One column of a tuple as a reader parsed it.
+pub(crate) struct NamedValue<'a> {
+    pub name: std::borrow::Cow<'a, str>,
+    pub type_name: Option<std::borrow::Cow<'a, str>>,
+    pub value: Datum,
+}
+
+/// Relation versions seen so far, by schema and name.
+#[derive(Default)]
+pub(crate) struct RelationCache {
+    relations: Vec<Arc<Relation>>,
+}
+
+impl RelationCache {
+    /// The relation for a row whose main tuple has `main` columns (and whose old image, if
+    /// any, has `extra` columns). Reuses the cached version when it has every column.
+    pub fn resolve(&mut self, schema: &str, name: &str, main: &[NamedValue<'_>], extra: &[NamedValue<'_>]) -> Arc<Relation> {
+        let position = self.relations.iter().position(|r| r.schema == schema && r.name == name);
+        if let Some(i) = position {
+            let rel = &self.relations[i];
+            let same = rel.columns.len() == main.len() && rel.columns.iter().zip(main).all(|(c, v)| c.name == v.name);
+            let covered = || {
+                main.iter()
+                    .chain(extra)
+                    .all(|v| rel.columns.iter().any(|c| c.name == v.name))
+            };
+            if (same && extra.iter().all(|v| rel.columns.iter().any(|c| c.name == v.name))) || covered() {
+                return rel.clone();
+            }
+        }
+        let mut columns: Vec<Column> = Vec::with_capacity(main.len());
+        for v in main.iter().chain(extra) {
+            if !columns.iter().any(|c| c.name == v.name) {
+                columns.push(Column {
+                    name: v.name.to_string(),
+                    type_name: v.type_name.as_ref().map(|t| t.to_string()),
+                    type_oid: None,
+                    is_key: false,
+                });
+            }
+        }
+        let rel = Arc::new(Relation::new(schema, name, columns));
+        match position {
+            Some(i) => self.relations[i] = rel.clone(),
+            None => self.relations.push(rel.clone()),
+        }
+        rel
+    }
+
+    /// A relation by name alone (TRUNCATE names tables without columns).
+    pub fn by_name(&mut self, schema: &str, name: &str) -> Arc<Relation> {
+        if let Some(rel) = self.relations.iter().find(|r| r.schema == schema && r.name == name) {
+            return rel.clone();
+        }
+        let rel = Arc::new(Relation::new(schema, name, Vec::new()));
+        self.relations.push(rel.clone());
+        rel
+    }
+}
+
+/// Aligns named values with the relation's columns; columns not given get `missing`.
+pub(crate) fn align(rel: &Relation, values: Vec<NamedValue<'_>>, missing: Datum) -> Vec<Datum> {
+    let same_order = rel.columns.len() == values.len() && rel.columns.iter().zip(&values).all(|(c, v)| c.name == v.name);
+    if same_order {
+        return values.into_iter().map(|v| v.value).collect();
+    }
+    let mut row = vec![missing; rel.columns.len()];
+    for v in values {
+        if let Some(i) = rel.column_index(&v.name) {
+            row[i] = v.value;
+        }
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection() {
+        assert_eq!(detect("BEGIN 1"), Some(InputFormat::TestDecoding));
+        assert_eq!(detect("table public.t: INSERT: id[integer]:1"), Some(InputFormat::TestDecoding));
+        assert_eq!(detect(r#"{"action":"B"}"#), Some(InputFormat::Wal2JsonV2));
+        assert_eq!(detect(r#"{"xid":1,"change":[]}"#), Some(InputFormat::Wal2JsonV1));
+        assert_eq!(detect("{"), Some(InputFormat::Wal2JsonV1));
+        assert_eq!(detect("WALBUST-CAPTURE 1"), Some(InputFormat::Capture));
+        assert_eq!(detect("hello"), None);
+        let err = open_reader("s.txt", Box::new(std::io::Cursor::new(b"\n\nhello world\n".to_vec())), None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("s.txt:1: cannot tell"), "{err}");
+        assert_eq!(InputFormat::parse("wal2json"), Some(InputFormat::Wal2JsonV2));
+    }
+}
