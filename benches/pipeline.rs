@@ -15,7 +15,11 @@ use walbust::sample::{self, InputFormat};
 
 fn rules() -> Arc<walbust::rules::RuleSet> {
     let text = include_str!("../rules/catalog.yaml");
-    Arc::new(walbust::rules::load_str("rules/catalog.yaml", text).expect("bundled rules load").rules)
+    Arc::new(
+        walbust::rules::load_str("rules/catalog.yaml", text)
+            .expect("bundled rules load")
+            .rules,
+    )
 }
 
 fn best_of<F: FnMut() -> u64>(runs: usize, mut f: F) -> (f64, u64) {
@@ -84,8 +88,14 @@ fn main() {
                 explain: false,
                 keep_going: false,
             };
-            let summary = dryrun::run(rules.clone(), reader.as_mut(), &mut std::io::sink(), options, &mut |_| {})
-                .expect("dry-run");
+            let summary = dryrun::run(
+                rules.clone(),
+                reader.as_mut(),
+                &mut std::io::sink(),
+                options,
+                &mut |_| {},
+            )
+            .expect("dry-run");
             summary.changes
         });
         println!(

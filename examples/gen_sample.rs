@@ -23,7 +23,12 @@ pub fn write_sample(out: &mut dyn Write, format: SynthFormat, changes: u64) -> i
     let mut lsn = 0x1_6B37_4800u64;
     while written < changes {
         xid += 1;
-        let ts = format!("2026-11-22 10:{:02}:{:02}.{:06}+00", (xid / 60) % 60, xid % 60, xid % 1_000_000);
+        let ts = format!(
+            "2026-11-22 10:{:02}:{:02}.{:06}+00",
+            (xid / 60) % 60,
+            xid % 60,
+            xid % 1_000_000
+        );
         match format {
             SynthFormat::TestDecoding => writeln!(out, "BEGIN {xid}")?,
             SynthFormat::Wal2Json => writeln!(out, r#"{{"action":"B","xid":{xid}}}"#)?,
@@ -125,7 +130,9 @@ fn main() -> io::Result<()> {
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("unknown argument {other}; usage: gen_sample [--changes N] [--format test_decoding|wal2json]"),
+                    format!(
+                        "unknown argument {other}; usage: gen_sample [--changes N] [--format test_decoding|wal2json]"
+                    ),
                 ))
             }
         }

@@ -107,7 +107,10 @@ impl CaptureReader {
             .map_err(|e| err(1, format!("cannot read: {e}")))?;
         let mut parts = magic.trim_end().splitn(2, ' ');
         if parts.next() != Some(MAGIC) {
-            return Err(err(1, format!("expected `{MAGIC} <version>` (a walbust capture) at the start of the file")));
+            return Err(err(
+                1,
+                format!("expected `{MAGIC} <version>` (a walbust capture) at the start of the file"),
+            ));
         }
         match parts.next().and_then(|v| v.parse::<u32>().ok()) {
             Some(VERSION) => {}
@@ -194,7 +197,10 @@ impl EventSource for CaptureReader {
             };
             if head[0] != RECORD_PGOUTPUT {
                 self.failed = true;
-                return Err(self.error(format!("unknown record kind {:?}; the file is corrupt", head[0] as char)));
+                return Err(self.error(format!(
+                    "unknown record kind {:?}; the file is corrupt",
+                    head[0] as char
+                )));
             }
             let len = u32::from_be_bytes([head[9], head[10], head[11], head[12]]);
             if len > MAX_RECORD {
@@ -303,7 +309,10 @@ mod tests {
             }
         }
         let err = err.expect("an error").to_string();
-        assert!(err.contains("c.cap") && err.contains("record 4") && err.contains("cut short"), "{err}");
+        assert!(
+            err.contains("c.cap") && err.contains("record 4") && err.contains("cut short"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! database, validation against the live schema: tables and columns exist, replica identity
 //! carries what UPDATE/DELETE templates need, TOAST-able key columns, publication coverage.
 
+use crate::model::{Op, ReplicaIdentity};
 use crate::rules::load::did_you_mean;
 use crate::rules::template::Image;
 use crate::rules::{Diagnostic, Rule, RuleSet, Severity, TableName};
-use crate::model::{Op, ReplicaIdentity};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the database says about one table.
@@ -91,7 +91,10 @@ pub async fn read_schema(url: &str, rules: &RuleSet, publication: Option<&str>) 
             ..PublicationInfo::default()
         };
         if let Some(row) = exists {
-            for (i, op) in [Op::Insert, Op::Update, Op::Delete, Op::Truncate].into_iter().enumerate() {
+            for (i, op) in [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
+                .into_iter()
+                .enumerate()
+            {
                 if row.get::<_, bool>(i) {
                     publication.publishes.insert(op);
                 }
@@ -223,7 +226,10 @@ pub fn check_against_schema(rules: &RuleSet, schema: &SchemaInfo) -> Vec<Diagnos
                 rule,
                 Severity::Error,
                 format!("{at}.table"),
-                format!("table {} does not exist in the database (names are case-sensitive)", rule.table),
+                format!(
+                    "table {} does not exist in the database (names are case-sensitive)",
+                    rule.table
+                ),
             ));
             continue;
         };
@@ -252,7 +258,11 @@ pub fn check_against_schema(rules: &RuleSet, schema: &SchemaInfo) -> Vec<Diagnos
             check_column(&mut out, "changed", column);
         }
         if !rule.changed.is_empty() && !full && rule.on.contains(Op::Update) {
-            let outside: Vec<&String> = rule.changed.iter().filter(|c| !table.identity_columns.contains(*c)).collect();
+            let outside: Vec<&String> = rule
+                .changed
+                .iter()
+                .filter(|c| !table.identity_columns.contains(*c))
+                .collect();
             if !outside.is_empty() {
                 out.push(diag(
                     rule,
@@ -278,7 +288,10 @@ pub fn check_against_schema(rules: &RuleSet, schema: &SchemaInfo) -> Vec<Diagnos
                     let (severity, tail) = if has_fallback {
                         (Severity::Warning, "the fallback will be applied on every delete")
                     } else {
-                        (Severity::Error, "add a `fallback` to the rule or set REPLICA IDENTITY FULL")
+                        (
+                            Severity::Error,
+                            "add a `fallback` to the rule or set REPLICA IDENTITY FULL",
+                        )
                     };
                     out.push(diag(
                         rule,
@@ -449,7 +462,10 @@ mod tests {
 
     fn messages(rules: &str, schema: &SchemaInfo) -> Vec<String> {
         let rules = load_str("r.yaml", rules).unwrap().rules;
-        check_against_schema(&rules, schema).iter().map(|d| d.to_string()).collect()
+        check_against_schema(&rules, schema)
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     const RULES: &str = "version: 1\nrules:\n  - name: p\n    table: products\n    delete: [\"p:{id}\"]\n    tags: [\"c:{category_id}\"]\n";
@@ -457,13 +473,24 @@ mod tests {
     #[test]
     fn delete_outside_identity_without_fallback_is_an_error() {
         let msgs = messages(RULES, &schema(ReplicaIdentity::Default, &["id"]));
-        assert!(msgs.iter().any(|m| m.contains("error:") && m.contains("DELETE") && m.contains("`category_id`")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("warning:") && m.contains("old keys won't be invalidated")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("error:") && m.contains("DELETE") && m.contains("`category_id`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("warning:") && m.contains("old keys won't be invalidated")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
     fn full_identity_is_clean() {
-        let msgs = messages(RULES, &schema(ReplicaIdentity::Full, &["id", "category_id", "description"]));
+        let msgs = messages(
+            RULES,
+            &schema(ReplicaIdentity::Full, &["id", "category_id", "description"]),
+        );
         assert!(msgs.is_empty(), "{msgs:?}");
     }
 
@@ -473,8 +500,15 @@ mod tests {
             "version: 1\nrules:\n  - name: p\n    table: products\n    delete: [\"p:{idd}\"]\n  - name: q\n    table: nope\n    delete: [x]\n",
             &schema(ReplicaIdentity::Full, &[]),
         );
-        assert!(msgs.iter().any(|m| m.contains("`idd` does not exist") && m.contains("did you mean `id`")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("public.nope does not exist")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("`idd` does not exist") && m.contains("did you mean `id`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("public.nope does not exist")),
+            "{msgs:?}"
+        );
     }
 
     #[test]

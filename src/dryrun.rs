@@ -197,7 +197,8 @@ fn write_text(out: &mut dyn Write, txn: &PlannedTxn, explain: bool) -> io::Resul
         for key in txn.keys(kind) {
             write!(out, "  {:<16} {key}", kind.field())?;
             if let Some(explain) = txn.explain.as_ref().filter(|_| explain) {
-                if let Ok(i) = explain.binary_search_by(|((k, key2), _)| (*k, key2.as_str()).cmp(&(kind, key.as_str()))) {
+                if let Ok(i) = explain.binary_search_by(|((k, key2), _)| (*k, key2.as_str()).cmp(&(kind, key.as_str())))
+                {
                     write!(out, "  <- {}", explain[i].1.join(", "))?;
                 }
             }

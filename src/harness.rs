@@ -195,8 +195,31 @@ impl PgInstance {
         if let Some(e) = last {
             return Err(e);
         }
+        // Some PostgreSQL builds restrict which libraries may be output plugins; allow the ones
+        // walbust's tests and sample captures use.
+        let restricted = pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'",
+        )?;
+        if restricted.trim() == "1" {
+            pg.psql(
+                "postgres",
+                "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf();",
+            )?;
+            // The reload is asynchronous: wait until new sessions see it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if pg.psql("postgres", "SHOW output_plugin_libraries")?.trim() == "pgoutput, test_decoding, wal2json" {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if let Some(pw) = pg.options.superuser_password.clone() {
-            pg.psql("postgres", &format!("ALTER USER postgres PASSWORD '{}'", pw.replace('\'', "''")))?;
+            pg.psql(
+                "postgres",
+                &format!("ALTER USER postgres PASSWORD '{}'", pw.replace('\'', "''")),
+            )?;
         }
         Ok(pg)
     }
@@ -295,8 +318,11 @@ impl PgInstance {
     }
 
     pub fn create_database(&self, name: &str) -> Result<(), HarnessError> {
-        self.psql("postgres", &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
-            .map(|_| ())
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")),
+        )
+        .map(|_| ())
     }
 
     fn psql_command(&self, dbname: &str) -> Command {
@@ -390,7 +416,11 @@ pub struct RedisInstance {
 impl RedisInstance {
     pub fn start() -> Result<RedisInstance, HarnessError> {
         let dir = unique_dir("redis")?;
-        let mut redis = RedisInstance { dir, port: 0, child: None };
+        let mut redis = RedisInstance {
+            dir,
+            port: 0,
+            child: None,
+        };
         let mut last = None;
         for _ in 0..5 {
             redis.port = free_port();
@@ -406,7 +436,16 @@ impl RedisInstance {
     fn spawn(&mut self) -> Result<(), HarnessError> {
         let log = self.dir.join("redis.log");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -433,7 +472,10 @@ impl RedisInstance {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        Err(HarnessError::NotReady(format!("redis-server on port {}", self.port), log_tail(&log)))
+        Err(HarnessError::NotReady(
+            format!("redis-server on port {}", self.port),
+            log_tail(&log),
+        ))
     }
 
     pub fn port(&self) -> u16 {

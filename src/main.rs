@@ -125,17 +125,18 @@ struct CheckArgs {
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
-    rules::load::parse_duration(text).ok_or_else(|| format!("cannot read duration `{text}`; write e.g. 500ms, 30s or 5m"))
+    rules::load::parse_duration(text)
+        .ok_or_else(|| format!("cannot read duration `{text}`; write e.g. 500ms, 30s or 5m"))
 }
 
 fn parse_lsn_arg(text: &str) -> Result<walbust::model::Lsn, String> {
-    walbust::model::Lsn::parse(text).ok_or_else(|| format!("cannot read LSN `{text}`; write it as PostgreSQL prints it, e.g. 0/16B3748"))
+    walbust::model::Lsn::parse(text)
+        .ok_or_else(|| format!("cannot read LSN `{text}`; write it as PostgreSQL prints it, e.g. 0/16B3748"))
 }
 
 fn parse_input_format(text: &str) -> Result<InputFormat, String> {
-    InputFormat::parse(text).ok_or_else(|| {
-        format!("unknown input format `{text}`; use test_decoding, wal2json, wal2json-v1 or capture")
-    })
+    InputFormat::parse(text)
+        .ok_or_else(|| format!("unknown input format `{text}`; use test_decoding, wal2json, wal2json-v1 or capture"))
 }
 
 const BUNDLED_RULES: &str = "rules";
@@ -145,7 +146,9 @@ const EMBEDDED_SAMPLE: &str = include_str!("../samples/catalog.wal2json.jsonl");
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -192,7 +195,9 @@ fn load_rules(path: Option<&Path>) -> Result<Option<rules::load::Loaded>> {
         Err(e) => {
             print_diagnostics(&e.diagnostics);
             let errors = e.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-            eprintln!("error: the rules have {errors} error(s); fix them and run again (`walbust check` lists them too)");
+            eprintln!(
+                "error: the rules have {errors} error(s); fix them and run again (`walbust check` lists them too)"
+            );
             Ok(None)
         }
     }
@@ -226,8 +231,7 @@ fn dry_run(args: DryRunArgs) -> Result<ExitCode> {
         keep_going: args.keep_going,
     };
     let mut on_skip = |e: &sample::SampleError| eprintln!("skipped: {e}");
-    let summary = dryrun::run(rules, source.as_mut(), &mut out, options, &mut on_skip)
-        .context("dry-run stopped")?;
+    let summary = dryrun::run(rules, source.as_mut(), &mut out, options, &mut on_skip).context("dry-run stopped")?;
     out.flush().context("cannot write output")?;
     if summary.unrenderable > 0 {
         tracing::warn!(
@@ -254,7 +258,11 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
     diagnostics.extend(walbust::check::static_notes(&loaded.rules));
     if let Some(db) = &args.db {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let schema = runtime.block_on(walbust::check::read_schema(db, &loaded.rules, args.publication.as_deref()))?;
+        let schema = runtime.block_on(walbust::check::read_schema(
+            db,
+            &loaded.rules,
+            args.publication.as_deref(),
+        ))?;
         diagnostics.extend(walbust::check::check_against_schema(&loaded.rules, &schema));
         if let Some(publication) = &schema.publication {
             if publication.exists {
@@ -348,7 +356,11 @@ fn setup(args: SetupArgs) -> Result<ExitCode> {
         &tables,
     ))?;
     if report.publication_created {
-        println!("created publication `{}` for {} table(s)", args.publication, tables.len());
+        println!(
+            "created publication `{}` for {} table(s)",
+            args.publication,
+            tables.len()
+        );
     }
     for t in &report.tables_added {
         println!("added {t} to publication `{}`", args.publication);

@@ -333,7 +333,9 @@ pub struct CommitInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A transaction starts. Changes until the matching `Commit` belong to it.
-    Begin { xid: Option<u32> },
+    Begin {
+        xid: Option<u32>,
+    },
     Change(Change),
     /// The transaction committed; its changes take effect.
     Commit(CommitInfo),

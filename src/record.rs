@@ -147,15 +147,24 @@ async fn peek<W: Write>(
             quote_literal(&quote_ident(&options.publication))
         ))
         .await?;
-    let mut writer = CaptureWriter::new(out, &header(&conn, options, format!("peek:{slot}"), info.confirmed_flush_lsn))?;
+    let mut writer = CaptureWriter::new(
+        out,
+        &header(&conn, options, format!("peek:{slot}"), info.confirmed_flush_lsn),
+    )?;
     let mut counter = Counter {
         summary: RecordSummary::default(),
         in_transaction: false,
     };
     for row in &result.rows {
-        let lsn = row.first().cloned().flatten().and_then(|s| Lsn::parse(&s)).unwrap_or_default();
+        let lsn = row
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|s| Lsn::parse(&s))
+            .unwrap_or_default();
         let data = row.get(1).cloned().flatten().unwrap_or_default();
-        let bytes = decode_bytea_hex(&data).ok_or_else(|| RecordError::Decode(format!("bytea value is not hex: {data:.40}")))?;
+        let bytes = decode_bytea_hex(&data)
+            .ok_or_else(|| RecordError::Decode(format!("bytea value is not hex: {data:.40}")))?;
         counter.see(&bytes)?;
         writer.message(lsn, &bytes)?;
     }
@@ -177,7 +186,9 @@ pub fn decode_bytea_hex(text: &str) -> Option<Vec<u8>> {
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     };
-    hex.chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
+    hex.chunks(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
 }
 
 async fn live<W: Write>(
@@ -213,10 +224,9 @@ async fn live<W: Write>(
             interrupted
                 || options.stop.max_changes.is_some_and(|m| c.summary.changes >= m)
                 || deadline.is_some_and(|d| Instant::now() >= d)
-                || options
-                    .stop
-                    .until_lsn
-                    .is_some_and(|u| c.summary.last_commit_end.is_some_and(|e| e >= u) || wal_end.is_some_and(|w| w >= u))
+                || options.stop.until_lsn.is_some_and(|u| {
+                    c.summary.last_commit_end.is_some_and(|e| e >= u) || wal_end.is_some_and(|w| w >= u)
+                })
         };
         if done(&counter, interrupted, None) {
             break;

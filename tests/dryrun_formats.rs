@@ -11,7 +11,7 @@ use walbust::sample::{self, InputFormat};
 
 const WORKLOAD: &str = r#"
 UPDATE products SET price_cents = price_cents + 100 WHERE id = 1;
-UPDATE products SET category_id = 2 WHERE id = 3 AND category_id <> 2;
+UPDATE products SET category_id = 2 WHERE id = 10;
 UPDATE products SET description = repeat('long text ', 5000) WHERE id = 4;
 UPDATE products SET name = 'Renamed ' || name WHERE id = 4;
 BEGIN;
@@ -23,7 +23,8 @@ BEGIN;
 UPDATE products SET active = false WHERE id = 6;
 ROLLBACK;
 UPDATE categories SET name = 'Renamed category' WHERE id = 1;
-DELETE FROM categories WHERE id NOT IN (SELECT category_id FROM products WHERE category_id IS NOT NULL) AND parent_id IS NOT NULL AND id = (SELECT max(id) FROM categories WHERE parent_id IS NOT NULL AND id NOT IN (SELECT category_id FROM products WHERE category_id IS NOT NULL));
+INSERT INTO categories (id, parent_id, slug, name) VALUES (99, 1, 'tmp', 'Temporary');
+DELETE FROM categories WHERE id = 99;
 UPDATE prices SET amount = amount * 1.10 WHERE product_id IN (1, 2);
 UPDATE prices SET currency = 'CHF' WHERE product_id = 2 AND currency = 'EUR';
 UPDATE inventory SET quantity = quantity - 1 WHERE product_id = 1;
@@ -80,7 +81,8 @@ fn capture(pg: &PgInstance, workload: &str) -> (String, String) {
 
 fn dry_run_json(text: &str, format: InputFormat) -> (Vec<serde_json::Value>, serde_json::Value) {
     let rules = Arc::new(walbust::rules::load_path(&repo("rules")).unwrap().rules);
-    let mut reader = sample::open_reader("sample", Box::new(std::io::Cursor::new(text.as_bytes().to_vec())), None).unwrap();
+    let mut reader =
+        sample::open_reader("sample", Box::new(std::io::Cursor::new(text.as_bytes().to_vec())), None).unwrap();
     assert_eq!(reader.format(), format, "format detection");
     let mut out = Vec::new();
     let options = dryrun::Options {
@@ -88,7 +90,10 @@ fn dry_run_json(text: &str, format: InputFormat) -> (Vec<serde_json::Value>, ser
         explain: false,
         keep_going: false,
     };
-    dryrun::run(rules, reader.as_mut(), &mut out, options, &mut |e| panic!("bad line: {e}")).unwrap();
+    dryrun::run(rules, reader.as_mut(), &mut out, options, &mut |e| {
+        panic!("bad line: {e}")
+    })
+    .unwrap();
     let mut lines: Vec<serde_json::Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -100,23 +105,42 @@ fn dry_run_json(text: &str, format: InputFormat) -> (Vec<serde_json::Value>, ser
 
 /// The actions of a transaction, without the metadata only one format carries.
 fn actions(txn: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
-    ["xid", "changes", "delete", "bump", "tags", "delete_matching", "publish", "fallbacks", "unrenderable"]
-        .iter()
-        .map(|k| (k.to_string(), txn[*k].clone()))
-        .collect()
+    [
+        "xid",
+        "changes",
+        "delete",
+        "bump",
+        "tags",
+        "delete_matching",
+        "publish",
+        "fallbacks",
+        "unrenderable",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), txn[*k].clone()))
+    .collect()
 }
 
 fn all_keys(txns: &[serde_json::Value], field: &str) -> Vec<String> {
     txns.iter()
-        .flat_map(|t| t[field].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
+        .flat_map(|t| {
+            t[field]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+        })
         .collect()
 }
 
 #[test]
 fn test_decoding_and_wal2json_give_identical_actions() {
     let pg = setup();
-    let category_of_3: String = pg.psql("catalog", "SELECT category_id FROM products WHERE id = 3").unwrap();
-    let old_category = category_of_3.trim().to_string();
+    let old_category = pg
+        .psql("catalog", "SELECT category_id FROM products WHERE id = 10")
+        .unwrap()
+        .trim()
+        .to_string();
     let (td, wj) = capture(&pg, WORKLOAD);
 
     let (td_txns, td_summary) = dry_run_json(&td, InputFormat::TestDecoding);
@@ -126,12 +150,27 @@ fn test_decoding_and_wal2json_give_identical_actions() {
     for (a, b) in td_txns.iter().zip(&wj_txns) {
         assert_eq!(actions(a), actions(b), "same transaction from both formats");
     }
-    for field in ["transactions", "changes", "delete", "bump", "tags", "fallbacks", "unrenderable"] {
-        assert_eq!(td_summary["summary"][field], wj_summary["summary"][field], "summary {field}");
+    for field in [
+        "transactions",
+        "changes",
+        "delete",
+        "bump",
+        "tags",
+        "fallbacks",
+        "unrenderable",
+    ] {
+        assert_eq!(
+            td_summary["summary"][field], wj_summary["summary"][field],
+            "summary {field}"
+        );
     }
     // wal2json carries LSNs and commit times, test_decoding only times.
-    assert!(wj_txns.iter().all(|t| t["lsn"].is_string() && t["commit_time"].is_string()));
-    assert!(td_txns.iter().all(|t| t["lsn"].is_null() && t["commit_time"].is_string()));
+    assert!(wj_txns
+        .iter()
+        .all(|t| t["lsn"].is_string() && t["commit_time"].is_string()));
+    assert!(td_txns
+        .iter()
+        .all(|t| t["lsn"].is_null() && t["commit_time"].is_string()));
 
     let deletes = all_keys(&td_txns, "delete");
     let tags = all_keys(&td_txns, "tags");
@@ -139,11 +178,12 @@ fn test_decoding_and_wal2json_give_identical_actions() {
     // Price change on product 1.
     assert!(deletes.contains(&"shop:product:1".to_string()), "{deletes:?}");
     assert!(bumps.contains(&"shop:ver:product:1".to_string()), "{bumps:?}");
-    // Product 3 moved to category 2: both category lists (products is REPLICA IDENTITY FULL).
-    if old_category != "2" {
-        assert!(tags.contains(&format!("shop:category:{old_category}")), "{tags:?}");
-        assert!(tags.contains(&"shop:category:2".to_string()), "{tags:?}");
-    }
+    // Product 10 moved to category 2: both category lists (products is REPLICA IDENTITY FULL).
+    assert_ne!(old_category, "2");
+    assert!(tags.contains(&format!("shop:category:{old_category}")), "{tags:?}");
+    assert!(tags.contains(&"shop:category:2".to_string()), "{tags:?}");
+    // A deleted category falls back (DEFAULT identity: its slug is unknown).
+    assert!(bumps.contains(&"shop:ver:categories".to_string()), "{bumps:?}");
     // The rolled-back update of product 6 never appears.
     assert!(!deletes.contains(&"shop:product:6".to_string()), "{deletes:?}");
     // Review insert renders, review delete (identity: id only) falls back.
@@ -178,7 +218,10 @@ fn check_db_reports_replica_identity_and_publication_findings() {
     assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("publication `walbust_catalog` covers"), "{stdout}");
     // reviews keeps REPLICA IDENTITY DEFAULT: deletes use the fallback.
-    assert!(stderr.contains("rule `product-reviews`") && stderr.contains("DELETE"), "{stderr}");
+    assert!(
+        stderr.contains("rule `product-reviews`") && stderr.contains("DELETE"),
+        "{stderr}"
+    );
 
     // A rule on a column outside the identity with no fallback is an error.
     let dir = tempfile::tempdir().unwrap();

@@ -367,7 +367,7 @@ fn lookup<'r>(row: &'r RowChange, image: Image, index: usize, name: &str) -> Res
                     let mut reason = String::new();
                     let _ = write!(
                         reason,
-                        "`{name}` is not in the old row of this {} (the WAL carries only replica identity columns); set REPLICA IDENTITY FULL on {} or use a fallback",
+                        "`{name}` is not in the old row of this {} (the WAL carries only replica identity columns; REPLICA IDENTITY FULL on {} would carry it)",
                         row.op,
                         row.relation.qualified_name()
                     );
@@ -417,7 +417,11 @@ rules:
 "#;
 
     fn relation(name: &str, cols: &[&str]) -> Arc<Relation> {
-        Arc::new(Relation::new("public", name, cols.iter().map(|c| Column::named(*c)).collect()))
+        Arc::new(Relation::new(
+            "public",
+            name,
+            cols.iter().map(|c| Column::named(*c)).collect(),
+        ))
     }
 
     fn products() -> Arc<Relation> {
@@ -435,9 +439,7 @@ rules:
         for c in changes {
             planner.push(&crate::model::Event::Change(c));
         }
-        planner
-            .push(&crate::model::Event::Commit(Default::default()))
-            .unwrap()
+        planner.push(&crate::model::Event::Commit(Default::default())).unwrap()
     }
 
     fn row(rel: &Arc<Relation>, op: Op, old: Option<Vec<Datum>>, new: Option<Vec<Datum>>) -> Change {
@@ -452,7 +454,12 @@ rules:
     #[test]
     fn insert_renders_from_new_row() {
         let p = products();
-        let txn = plan_of(vec![row(&p, Op::Insert, None, Some(vec![t("1"), t("5"), t("Mug"), t("100"), t("d")]))]);
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), t("5"), t("Mug"), t("100"), t("d")]),
+        )]);
         assert_eq!(txn.delete, vec!["shop:product:1", "shop:product:1:json"]);
         assert_eq!(txn.bump, vec!["shop:ver:product:1"]);
         assert_eq!(txn.tags, vec!["shop:category:5"]);
@@ -468,7 +475,10 @@ rules:
         let new = vec![t("1"), t("7"), t("Mug"), t("100"), Datum::UnchangedToast];
         let txn = plan_of(vec![row(&p, Op::Update, Some(old), Some(new))]);
         assert_eq!(txn.tags, vec!["shop:category:5", "shop:category:7"]);
-        assert_eq!(txn.delete, vec!["shop:move:5->7", "shop:product:1", "shop:product:1:json"]);
+        assert_eq!(
+            txn.delete,
+            vec!["shop:move:5->7", "shop:product:1", "shop:product:1:json"]
+        );
         // price unchanged → price-watch does not fire
         assert!(!txn.delete.iter().any(|k| k.contains("price:")));
     }
@@ -523,7 +533,12 @@ rules:
     #[test]
     fn null_skips_one_key_only() {
         let p = products();
-        let txn = plan_of(vec![row(&p, Op::Insert, None, Some(vec![t("1"), Datum::Null, t("x"), t("1"), t("d")]))]);
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), Datum::Null, t("x"), t("1"), t("d")]),
+        )]);
         assert!(txn.tags.is_empty());
         assert_eq!(txn.delete.len(), 2);
         assert!(txn.fallbacks.is_empty() && txn.unrenderable.is_empty());
@@ -532,7 +547,12 @@ rules:
     #[test]
     fn glob_values_are_escaped_in_patterns() {
         let p = products();
-        let txn = plan_of(vec![row(&p, Op::Insert, None, Some(vec![t("1"), t("5"), t("*"), t("1"), t("d")]))]);
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), t("5"), t("*"), t("1"), t("d")]),
+        )]);
         assert_eq!(txn.delete_matching, vec![r"shop:search:\*:*"]);
     }
 
@@ -565,6 +585,10 @@ rules:
     fn missing_column_in_relation_is_unrenderable_with_reason() {
         let p = relation("products", &["id", "name"]);
         let txn = plan_of(vec![row(&p, Op::Insert, None, Some(vec![t("1"), t("x")]))]);
-        assert!(txn.fallbacks.iter().any(|n| n.reason.contains("not a column")), "{:?}", txn.fallbacks);
+        assert!(
+            txn.fallbacks.iter().any(|n| n.reason.contains("not a column")),
+            "{:?}",
+            txn.fallbacks
+        );
     }
 }

@@ -90,7 +90,9 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     }
     files.sort();
     if files.is_empty() {
-        return Err("no *.yaml or *.yml files in this directory; point --rules at a rules file or a directory of them".into());
+        return Err(
+            "no *.yaml or *.yml files in this directory; point --rules at a rules file or a directory of them".into(),
+        );
     }
     Ok(files)
 }
@@ -106,8 +108,7 @@ fn load_sources(sources: &[(PathBuf, String)]) -> Result<Loaded, RulesError> {
         }
     }
     cx.cross_rule_checks(&rules);
-    let (errors, warnings): (Vec<_>, Vec<_>) =
-        cx.diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) = cx.diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
     if !errors.is_empty() {
         let mut diagnostics = errors;
         diagnostics.extend(warnings);
@@ -162,7 +163,11 @@ impl Context {
         let mut out: Vec<(&str, Pos, &Node)> = Vec::new();
         for (key, value) in entries {
             let Some(name) = key.as_str() else {
-                self.error(key.pos, Some(field), format!("expected a field name but found {}", key.describe()));
+                self.error(
+                    key.pos,
+                    Some(field),
+                    format!("expected a field name but found {}", key.describe()),
+                );
                 continue;
             };
             if !allowed.contains(&name) {
@@ -186,7 +191,11 @@ impl Context {
         match &node.kind {
             NodeKind::Scalar { text, .. } => Some(text.clone()),
             _ => {
-                self.error(node.pos, Some(field), format!("expected a string but found {}", node.describe()));
+                self.error(
+                    node.pos,
+                    Some(field),
+                    format!("expected a string but found {}", node.describe()),
+                );
                 None
             }
         }
@@ -221,7 +230,11 @@ impl Context {
 
     fn file_rules(&mut self, doc: &Node) -> Vec<Rule> {
         if doc.kind == NodeKind::Null {
-            self.error(doc.pos, None, "empty rules file; expected `version: 1` and `rules:`".into());
+            self.error(
+                doc.pos,
+                None,
+                "empty rules file; expected `version: 1` and `rules:`".into(),
+            );
             return Vec::new();
         }
         let Some(fields) = self.fields(doc, TOP_FIELDS, "the rules file", "(top level)") else {
@@ -229,7 +242,11 @@ impl Context {
         };
         let get = |name: &str| fields.iter().find(|(n, _, _)| *n == name).map(|(_, p, v)| (*p, *v));
         match get("version") {
-            None => self.error(doc.pos, Some("version"), "missing `version: 1` at the top of the file".into()),
+            None => self.error(
+                doc.pos,
+                Some("version"),
+                "missing `version: 1` at the top of the file".into(),
+            ),
             Some((_, v)) if v.as_str() == Some("1") => {}
             Some((_, v)) => self.error(
                 v.pos,
@@ -247,7 +264,11 @@ impl Context {
         };
         if prefix.contains(['{', '}']) {
             let pos = get("prefix").map(|(_, v)| v.pos).unwrap_or_default();
-            self.error(pos, Some("prefix"), "the prefix is literal text; remove `{` and `}`".into());
+            self.error(
+                pos,
+                Some("prefix"),
+                "the prefix is literal text; remove `{` and `}`".into(),
+            );
         }
         let Some((_, rules_node)) = get("rules") else {
             self.error(doc.pos, Some("rules"), "missing `rules:` list".into());
@@ -276,7 +297,11 @@ impl Context {
         let name = match get("name") {
             Some(v) => self.string(v, &format!("{at}.name")),
             None => {
-                self.error(node.pos, Some(&at), "missing `name`; every rule needs a unique name".into());
+                self.error(
+                    node.pos,
+                    Some(&at),
+                    "missing `name`; every rule needs a unique name".into(),
+                );
                 None
             }
         };
@@ -285,7 +310,11 @@ impl Context {
             None => at,
         };
         if name.as_deref() == Some("") {
-            self.error(get("name").map(|n| n.pos).unwrap_or(node.pos), Some(&at), "`name` is empty".into());
+            self.error(
+                get("name").map(|n| n.pos).unwrap_or(node.pos),
+                Some(&at),
+                "`name` is empty".into(),
+            );
         }
         let description = get("description").and_then(|v| match v.kind {
             NodeKind::Null => None,
@@ -303,7 +332,11 @@ impl Context {
                 None => (None, String::new()),
             },
             None => {
-                self.error(node.pos, Some(&at), "missing `table`, e.g. `table: public.products`".into());
+                self.error(
+                    node.pos,
+                    Some(&at),
+                    "missing `table`, e.g. `table: public.products`".into(),
+                );
                 (None, String::new())
             }
         };
@@ -424,7 +457,10 @@ impl Context {
     }
 
     fn error_count(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     fn actions(&mut self, fields: &[(&str, Pos, &Node)], at: &str, is_fallback: bool) -> Actions {
@@ -502,14 +538,20 @@ impl Context {
                     self.warn(
                         pos_of(kind.field()).unwrap_or_default(),
                         Some(&format!("{at}.{}", kind.field())),
-                        format!("`{}` can never render `{column}` ({why}); the fallback will be used", template.source),
+                        format!(
+                            "`{}` can never render `{column}` ({why}); the fallback will be used",
+                            template.source
+                        ),
                     );
                 }
                 if column.trim() != column {
                     self.warn(
                         pos_of(kind.field()).unwrap_or_default(),
                         Some(&format!("{at}.{}", kind.field())),
-                        format!("column `{column}` in `{}` has surrounding spaces; column names are exact", template.source),
+                        format!(
+                            "column `{column}` in `{}` has surrounding spaces; column names are exact",
+                            template.source
+                        ),
                     );
                 }
             }
@@ -673,7 +715,9 @@ rules:
     fn unknown_fields_name_line_column_and_suggestion() {
         let errs = errors("version: 1\nrules:\n  - name: a\n    tabel: t\n    delete: [x]\n");
         assert!(
-            errs.iter().any(|e| e.starts_with("rules.yaml:4:5: error:") && e.contains("`tabel`") && e.contains("did you mean `table`")),
+            errs.iter().any(|e| e.starts_with("rules.yaml:4:5: error:")
+                && e.contains("`tabel`")
+                && e.contains("did you mean `table`")),
             "{errs:?}"
         );
         let errs = errors("version: 1\nrulez: []\n");
@@ -691,15 +735,32 @@ rules:
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n");
         assert!(errs.iter().any(|e| e.contains("no action")), "{errs:?}");
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    on: [truncate]\n    delete: [x]\n");
-        assert!(errs.iter().any(|e| e.contains("`truncate` needs a `fallback`")), "{errs:?}");
-        let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    delete: [x]\n    fallback:\n      bump: [\"v:{id}\"]\n");
-        assert!(errs.iter().any(|e| e.contains("rules.yaml:7:14") && e.contains("placeholder")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("`truncate` needs a `fallback`")),
+            "{errs:?}"
+        );
+        let errs = errors(
+            "version: 1\nrules:\n  - name: a\n    table: t\n    delete: [x]\n    fallback:\n      bump: [\"v:{id}\"]\n",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("rules.yaml:7:14") && e.contains("placeholder")),
+            "{errs:?}"
+        );
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    delete: [\"p:{id\"]\n");
-        assert!(errs.iter().any(|e| e.contains("bad template") && e.contains("unclosed")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("bad template") && e.contains("unclosed")),
+            "{errs:?}"
+        );
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    delete: \"p:{id}\"\n");
         assert!(errs.iter().any(|e| e.contains("expected a list")), "{errs:?}");
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    delete: [x]\n  - name: a\n    table: u\n    delete: [y]\n");
-        assert!(errs.iter().any(|e| e.contains("duplicate rule name") && e.contains("rules.yaml:3:5")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("duplicate rule name") && e.contains("rules.yaml:3:5")),
+            "{errs:?}"
+        );
         let errs = errors("version: 1\nrules: [\n");
         assert!(errs.iter().any(|e| e.contains("invalid YAML")), "{errs:?}");
     }

@@ -69,7 +69,9 @@ impl TableName {
                 }
             }
             if part.is_empty() {
-                return Err(format!("empty name part in table `{text}`; write `schema.table` or `table`"));
+                return Err(format!(
+                    "empty name part in table `{text}`; write `schema.table` or `table`"
+                ));
             }
             parts.push(part);
             match chars.next() {

@@ -84,7 +84,8 @@ impl Template {
                     if !closed {
                         return Err(TemplateError {
                             offset: char_offset(at),
-                            message: "unclosed `{`; close the placeholder with `}` or write `{{` for a literal brace".into(),
+                            message: "unclosed `{`; close the placeholder with `}` or write `{{` for a literal brace"
+                                .into(),
                         });
                     }
                     let (image, column) = if let Some(rest) = name.strip_prefix("new.") {
@@ -103,10 +104,7 @@ impl Template {
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
                     }
-                    parts.push(Part::Column {
-                        image,
-                        name: column,
-                    });
+                    parts.push(Part::Column { image, name: column });
                 }
                 c => literal.push(c),
             }
@@ -177,15 +175,28 @@ mod tests {
         let t = Template::parse("{{x}}:{My Col}").unwrap();
         assert_eq!(t.parts, vec![Part::Literal("{x}:".into()), col(Image::Any, "My Col")]);
         let t = Template::parse("a{{{id}}}").unwrap();
-        assert_eq!(t.parts, vec![Part::Literal("a{".into()), col(Image::Any, "id"), Part::Literal("}".into())]);
+        assert_eq!(
+            t.parts,
+            vec![
+                Part::Literal("a{".into()),
+                col(Image::Any, "id"),
+                Part::Literal("}".into())
+            ]
+        );
     }
 
     #[test]
     fn errors_say_what_to_fix() {
         assert!(Template::parse("a:{id").unwrap_err().message.contains("unclosed"));
         assert!(Template::parse("a:}").unwrap_err().message.contains("}}"));
-        assert!(Template::parse("a:{}").unwrap_err().message.contains("empty placeholder"));
-        assert!(Template::parse("a:{new.}").unwrap_err().message.contains("empty placeholder"));
+        assert!(Template::parse("a:{}")
+            .unwrap_err()
+            .message
+            .contains("empty placeholder"));
+        assert!(Template::parse("a:{new.}")
+            .unwrap_err()
+            .message
+            .contains("empty placeholder"));
         assert!(Template::parse("a:{x{y}}").unwrap_err().message.contains("nest"));
         assert_eq!(Template::parse("ab}").unwrap_err().offset, 2);
     }

@@ -15,7 +15,10 @@ pub struct Pos {
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeKind {
     /// A scalar and whether it was written plain (unquoted).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
     /// An empty value, `~` or `null`.
@@ -103,7 +106,8 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                 if documents > 1 {
                     return Err(YamlError {
                         pos,
-                        message: "a rules file holds one YAML document; split the `---` documents into separate files".into(),
+                        message: "a rules file holds one YAML document; split the `---` documents into separate files"
+                            .into(),
                     });
                 }
             }
@@ -201,9 +205,7 @@ mod tests {
     #[test]
     fn aliases_are_resolved_and_nulls_recognised() {
         let doc = parse("a: &x [1, 2]\nb: *x\nc:\nd: '~'\n").unwrap();
-        let NodeKind::Map(entries) = &doc.kind else {
-            panic!()
-        };
+        let NodeKind::Map(entries) = &doc.kind else { panic!() };
         assert_eq!(entries[0].1.kind, entries[1].1.kind);
         assert_eq!(entries[2].1.kind, NodeKind::Null);
         assert_eq!(entries[3].1.as_str(), Some("~"));

@@ -119,14 +119,22 @@ pub fn open_reader(
 pub fn open_path(path: &Path, format: Option<InputFormat>) -> Result<Box<dyn EventSource + Send>, SampleError> {
     let name = path.display().to_string();
     if name == "-" {
-        return open_reader("<stdin>", Box::new(std::io::BufReader::with_capacity(256 * 1024, std::io::stdin())), format);
+        return open_reader(
+            "<stdin>",
+            Box::new(std::io::BufReader::with_capacity(256 * 1024, std::io::stdin())),
+            format,
+        );
     }
     let file = std::fs::File::open(path).map_err(|e| SampleError {
         source_name: name.clone(),
         line: 0,
         message: format!("cannot open the WAL sample: {e}"),
     })?;
-    open_reader(&name, Box::new(std::io::BufReader::with_capacity(256 * 1024, file)), format)
+    open_reader(
+        &name,
+        Box::new(std::io::BufReader::with_capacity(256 * 1024, file)),
+        format,
+    )
 }
 
 pub(crate) fn truncate(text: &str, max: usize) -> String {
@@ -155,7 +163,13 @@ pub(crate) struct RelationCache {
 impl RelationCache {
     /// The relation for a row whose main tuple has `main` columns (and whose old image, if
     /// any, has `extra` columns). Reuses the cached version when it has every column.
-    pub fn resolve(&mut self, schema: &str, name: &str, main: &[NamedValue<'_>], extra: &[NamedValue<'_>]) -> Arc<Relation> {
+    pub fn resolve(
+        &mut self,
+        schema: &str,
+        name: &str,
+        main: &[NamedValue<'_>],
+        extra: &[NamedValue<'_>],
+    ) -> Arc<Relation> {
         let position = self.relations.iter().position(|r| r.schema == schema && r.name == name);
         if let Some(i) = position {
             let rel = &self.relations[i];
@@ -201,7 +215,8 @@ impl RelationCache {
 
 /// Aligns named values with the relation's columns; columns not given get `missing`.
 pub(crate) fn align(rel: &Relation, values: Vec<NamedValue<'_>>, missing: Datum) -> Vec<Datum> {
-    let same_order = rel.columns.len() == values.len() && rel.columns.iter().zip(&values).all(|(c, v)| c.name == v.name);
+    let same_order =
+        rel.columns.len() == values.len() && rel.columns.iter().zip(&values).all(|(c, v)| c.name == v.name);
     if same_order {
         return values.into_iter().map(|v| v.value).collect();
     }
@@ -221,15 +236,22 @@ mod tests {
     #[test]
     fn detection() {
         assert_eq!(detect("BEGIN 1"), Some(InputFormat::TestDecoding));
-        assert_eq!(detect("table public.t: INSERT: id[integer]:1"), Some(InputFormat::TestDecoding));
+        assert_eq!(
+            detect("table public.t: INSERT: id[integer]:1"),
+            Some(InputFormat::TestDecoding)
+        );
         assert_eq!(detect(r#"{"action":"B"}"#), Some(InputFormat::Wal2JsonV2));
         assert_eq!(detect(r#"{"xid":1,"change":[]}"#), Some(InputFormat::Wal2JsonV1));
         assert_eq!(detect("{"), Some(InputFormat::Wal2JsonV1));
         assert_eq!(detect("WALBUST-CAPTURE 1"), Some(InputFormat::Capture));
         assert_eq!(detect("hello"), None);
-        let err = open_reader("s.txt", Box::new(std::io::Cursor::new(b"\n\nhello world\n".to_vec())), None)
-            .err()
-            .unwrap();
+        let err = open_reader(
+            "s.txt",
+            Box::new(std::io::Cursor::new(b"\n\nhello world\n".to_vec())),
+            None,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().starts_with("s.txt:1: cannot tell"), "{err}");
         assert_eq!(InputFormat::parse("wal2json"), Some(InputFormat::Wal2JsonV2));
     }

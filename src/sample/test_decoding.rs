@@ -215,10 +215,7 @@ impl TestDecodingReader {
             let Some(flags) = rest.strip_prefix(": TRUNCATE:") else {
                 return expected("`: TRUNCATE:` after a list of tables", rest);
             };
-            let relations = names
-                .iter()
-                .map(|(s, t)| self.relations.by_name(s, t))
-                .collect();
+            let relations = names.iter().map(|(s, t)| self.relations.by_name(s, t)).collect();
             return Ok(Some(truncate_event(relations, flags)));
         }
         let Some(rest) = rest.strip_prefix(": ") else {
@@ -248,7 +245,10 @@ impl TestDecodingReader {
                         new: None,
                     }))))
                 }
-                _ => expected("column values (an insert or update without tuple data cannot be mapped)", rest),
+                _ => expected(
+                    "column values (an insert or update without tuple data cannot be mapped)",
+                    rest,
+                ),
             };
         }
         let _ = start_line;
@@ -281,12 +281,18 @@ impl TestDecodingReader {
                 (Some(values), None)
             }
         };
-        if new.as_ref().is_some_and(|n| n.is_empty()) || (op == Op::Delete && old.as_ref().is_some_and(|o| o.is_empty())) {
+        if new.as_ref().is_some_and(|n| n.is_empty())
+            || (op == Op::Delete && old.as_ref().is_some_and(|o| o.is_empty()))
+        {
             return expected("at least one `column[type]:value`", rest);
         }
         let empty = Vec::new();
         let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
-        let extra = if new.is_some() { old.as_deref().unwrap_or(&[]) } else { &[] };
+        let extra = if new.is_some() {
+            old.as_deref().unwrap_or(&[])
+        } else {
+            &[]
+        };
         let relation = self.relations.resolve(&schema, &table, main, extra);
         let old_row = old.map(|o| align(&relation, o, Datum::Absent));
         let new_row = new.map(|n| align(&relation, n, Datum::Absent));
@@ -350,7 +356,10 @@ impl EventSource for TestDecodingReader {
                 }
                 return match rest.parse() {
                     Ok(xid) => Ok(Some(Event::Begin { xid: Some(xid) })),
-                    Err(_) => Err(self.error(start_line, format!("expected `BEGIN <xid>` but found `{}`", truncate(rec, 60)))),
+                    Err(_) => Err(self.error(
+                        start_line,
+                        format!("expected `BEGIN <xid>` but found `{}`", truncate(rec, 60)),
+                    )),
                 };
             }
             if let Some(rest) = rec.strip_prefix("COMMIT") {
@@ -358,7 +367,10 @@ impl EventSource for TestDecodingReader {
                     Some(info) => Ok(Some(Event::Commit(info))),
                     None => Err(self.error(
                         start_line,
-                        format!("expected `COMMIT [<xid>] [(at <timestamp>)]` but found `{}`", truncate(rec, 60)),
+                        format!(
+                            "expected `COMMIT [<xid>] [(at <timestamp>)]` but found `{}`",
+                            truncate(rec, 60)
+                        ),
                     )),
                 };
             }
@@ -463,7 +475,10 @@ mod tests {
                 t("a\\b"),
             ]
         );
-        assert_eq!(r.relation.columns[4].type_name.as_deref(), Some("timestamp with time zone"));
+        assert_eq!(
+            r.relation.columns[4].type_name.as_deref(),
+            Some("timestamp with time zone")
+        );
         assert_eq!(r.relation.columns[5].type_name.as_deref(), Some("integer[]"));
         let Event::Commit(c) = &ev[2] else { panic!() };
         assert_eq!(c.xid, Some(529));
@@ -485,7 +500,10 @@ mod tests {
         assert!(matches!(&ev[2], Event::Commit(c) if c.xid.is_none() && c.commit_time.is_none()));
         let ev = events("table \"we\"\"ird\".\"a b\": INSERT: \"x\"\"y\"[\"MyEnum\"]:'v'\n");
         let r = row(&ev[0]);
-        assert_eq!((r.relation.schema.as_str(), r.relation.name.as_str()), ("we\"ird", "a b"));
+        assert_eq!(
+            (r.relation.schema.as_str(), r.relation.name.as_str()),
+            ("we\"ird", "a b")
+        );
         assert_eq!(r.relation.columns[0].name, "x\"y");
         assert_eq!(r.relation.columns[0].type_name.as_deref(), Some("\"MyEnum\""));
     }
@@ -511,7 +529,10 @@ mod tests {
         assert_eq!(del.old.as_ref().unwrap(), &vec![t("2"), Datum::Absent]);
         assert!(row(&ev[4]).old.is_none());
         let altered = row(&ev[5]);
-        assert_ne!(altered.relation.id, rel.id, "a new column list is a new relation version");
+        assert_ne!(
+            altered.relation.id, rel.id,
+            "a new column list is a new relation version"
+        );
         assert_eq!(altered.relation.columns.len(), 3);
     }
 
@@ -521,10 +542,14 @@ mod tests {
             "table public.a: TRUNCATE: (no-flags)\n",
             "table public.a, s.\"B\": TRUNCATE: restart_identity cascade\n",
         ));
-        let Event::Change(Change::Truncate(t1)) = &ev[0] else { panic!() };
+        let Event::Change(Change::Truncate(t1)) = &ev[0] else {
+            panic!()
+        };
         assert_eq!(t1.relations.len(), 1);
         assert!(!t1.cascade && !t1.restart_identity);
-        let Event::Change(Change::Truncate(t2)) = &ev[1] else { panic!() };
+        let Event::Change(Change::Truncate(t2)) = &ev[1] else {
+            panic!()
+        };
         assert_eq!(t2.relations.len(), 2);
         assert_eq!(t2.relations[1].name, "B");
         assert!(t2.cascade && t2.restart_identity);
@@ -546,9 +571,17 @@ mod tests {
             "table public.t: INSERT: id[integer]1\n",
             "COMMIT 1\n",
         ));
-        let errs: Vec<String> = out.iter().filter_map(|e| e.as_ref().err()).map(|e| e.to_string()).collect();
+        let errs: Vec<String> = out
+            .iter()
+            .filter_map(|e| e.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(errs[0].starts_with("s.txt:4: expected `BEGIN`, `COMMIT` or `table"), "{}", errs[0]);
+        assert!(
+            errs[0].starts_with("s.txt:4: expected `BEGIN`, `COMMIT` or `table"),
+            "{}",
+            errs[0]
+        );
         assert!(errs[1].starts_with("s.txt:5: expected INSERT:"), "{}", errs[1]);
         assert!(errs[2].starts_with("s.txt:6: expected `[type]:`"), "{}", errs[2]);
         assert!(matches!(out.last(), Some(Ok(Event::Commit(_)))));

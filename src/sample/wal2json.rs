@@ -158,7 +158,11 @@ impl Wal2JsonReader {
                 };
                 let new = match op {
                     Op::Delete => None,
-                    _ => Some(named(line.columns.ok_or_else(|| format!("expected field `columns` in action {action}"))?)?),
+                    _ => {
+                        Some(named(line.columns.ok_or_else(|| {
+                            format!("expected field `columns` in action {action}")
+                        })?)?)
+                    }
                 };
                 let old = match (op, line.identity) {
                     (Op::Delete, None) => None,
@@ -167,15 +171,26 @@ impl Wal2JsonReader {
                 };
                 let empty = Vec::new();
                 let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
-                let extra = if new.is_some() { old.as_deref().unwrap_or(&[]) } else { &[] };
+                let extra = if new.is_some() {
+                    old.as_deref().unwrap_or(&[])
+                } else {
+                    &[]
+                };
                 let relation = self.relations.resolve(&schema, &table, main, extra);
                 // wal2json leaves unchanged TOAST columns out of an update's new tuple.
-                let missing_new = if op == Op::Update { Datum::UnchangedToast } else { Datum::Absent };
+                let missing_new = if op == Op::Update {
+                    Datum::UnchangedToast
+                } else {
+                    Datum::Absent
+                };
                 let new = new.map(|n| align(&relation, n, missing_new));
                 let old = old.map(|o| align(&relation, o, Datum::Absent));
                 Ok(Some(Event::Change(Change::Row(RowChange { relation, op, old, new }))))
             }
-            other => Err(format!("expected action B, C, I, U, D, T or M but found `{}`", truncate(other, 20))),
+            other => Err(format!(
+                "expected action B, C, I, U, D, T or M but found `{}`",
+                truncate(other, 20)
+            )),
         }
     }
 }
@@ -273,7 +288,11 @@ impl Wal2JsonV1Reader {
         }
     }
 
-    fn columns(names: Vec<String>, types: Vec<String>, values: Vec<Option<Box<RawValue>>>) -> Result<Vec<NamedValue<'static>>, String> {
+    fn columns(
+        names: Vec<String>,
+        types: Vec<String>,
+        values: Vec<Option<Box<RawValue>>>,
+    ) -> Result<Vec<NamedValue<'static>>, String> {
         if names.len() != values.len() {
             return Err(format!("{} column names but {} values", names.len(), values.len()));
         }
@@ -300,11 +319,19 @@ impl Wal2JsonV1Reader {
                 "update" => Op::Update,
                 "delete" => Op::Delete,
                 "message" => continue,
-                other => return Err(format!("expected change kind insert, update or delete but found `{other}`")),
+                other => {
+                    return Err(format!(
+                        "expected change kind insert, update or delete but found `{other}`"
+                    ))
+                }
             };
             let new = match op {
                 Op::Delete => None,
-                _ => Some(Self::columns(change.columnnames, change.columntypes, change.columnvalues)?),
+                _ => Some(Self::columns(
+                    change.columnnames,
+                    change.columntypes,
+                    change.columnvalues,
+                )?),
             };
             let old = match change.oldkeys {
                 Some(k) => Some(Self::columns(k.keynames, k.keytypes, k.keyvalues)?),
@@ -312,9 +339,17 @@ impl Wal2JsonV1Reader {
             };
             let empty = Vec::new();
             let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
-            let extra = if new.is_some() { old.as_deref().unwrap_or(&[]) } else { &[] };
+            let extra = if new.is_some() {
+                old.as_deref().unwrap_or(&[])
+            } else {
+                &[]
+            };
             let relation = self.relations.resolve(&change.schema, &change.table, main, extra);
-            let missing_new = if op == Op::Update { Datum::UnchangedToast } else { Datum::Absent };
+            let missing_new = if op == Op::Update {
+                Datum::UnchangedToast
+            } else {
+                Datum::Absent
+            };
             let new = new.map(|n| align(&relation, n, missing_new));
             let old = old.map(|o| align(&relation, o, Datum::Absent));
             self.pending
@@ -462,10 +497,18 @@ mod tests {
             r#"{"action":"C"}"#,
             "\n",
         ));
-        let errs: Vec<String> = out.iter().filter_map(|e| e.as_ref().err()).map(|e| e.to_string()).collect();
+        let errs: Vec<String> = out
+            .iter()
+            .filter_map(|e| e.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(errs[0].starts_with("w.jsonl:2: invalid JSON"), "{}", errs[0]);
-        assert!(errs[1].starts_with("w.jsonl:3: expected field `schema` in action I"), "{}", errs[1]);
+        assert!(
+            errs[1].starts_with("w.jsonl:3: expected field `schema` in action I"),
+            "{}",
+            errs[1]
+        );
         assert!(errs[2].starts_with("w.jsonl:4: expected action"), "{}", errs[2]);
         assert!(matches!(out.last(), Some(Ok(Event::Commit(_)))));
     }
@@ -487,13 +530,20 @@ mod tests {
             events.push(e);
         }
         assert_eq!(events.len(), 6);
-        let Event::Change(Change::Row(ins)) = &events[1] else { panic!() };
+        let Event::Change(Change::Row(ins)) = &events[1] else {
+            panic!()
+        };
         assert_eq!(ins.new.as_ref().unwrap(), &vec![t("1"), t("2.00"), t("f")]);
-        let Event::Change(Change::Row(del)) = &events[2] else { panic!() };
+        let Event::Change(Change::Row(del)) = &events[2] else {
+            panic!()
+        };
         assert_eq!(del.old.as_ref().unwrap(), &vec![t("1"), Datum::Absent, Datum::Absent]);
         let Event::Commit(c) = &events[3] else { panic!() };
         assert_eq!(c.xid, Some(529));
-        let mut bad = Wal2JsonV1Reader::new("v1.json", Box::new(std::io::Cursor::new(b"{\"xid\": 1,\n oops}".to_vec())));
+        let mut bad = Wal2JsonV1Reader::new(
+            "v1.json",
+            Box::new(std::io::Cursor::new(b"{\"xid\": 1,\n oops}".to_vec())),
+        );
         let err = bad.next_event().unwrap_err();
         assert!(err.to_string().starts_with("v1.json:2:"), "{err}");
         assert_eq!(bad.next_event().unwrap(), None);

@@ -108,9 +108,11 @@ impl ConnectOptions {
     /// know (`verify-ca`, `verify-full`, `sslrootcert`) are taken out first.
     pub fn parse(text: &str) -> Result<ConnectOptions, ConnError> {
         let (rest, tls) = super::tls::TlsOptions::extract(text)?;
-        let config: tokio_postgres::Config = rest
-            .parse()
-            .map_err(|e: tokio_postgres::Error| ConnError::Config(format!("{e} (the connection string was not printed because it may hold a password)")))?;
+        let config: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+            ConnError::Config(format!(
+                "{e} (the connection string was not printed because it may hold a password)"
+            ))
+        })?;
         Ok(ConnectOptions { config, tls })
     }
 
@@ -623,7 +625,8 @@ impl ReplicationConnection {
     /// Sends one CopyData payload (e.g. a standby status update).
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), ConnError> {
         self.write.extend_from_slice(b"d");
-        self.write.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+        self.write
+            .extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
         self.write.extend_from_slice(payload);
         self.flush().await
     }
@@ -643,7 +646,12 @@ mod tests {
     #[test]
     fn error_fields_are_parsed() {
         let mut body = Vec::new();
-        for (f, v) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', "55006"), (b'M', "replication slot \"s\" is active for PID 42")] {
+        for (f, v) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', "55006"),
+            (b'M', "replication slot \"s\" is active for PID 42"),
+        ] {
             body.push(f);
             body.extend_from_slice(v.as_bytes());
             body.push(0);

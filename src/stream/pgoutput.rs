@@ -618,7 +618,10 @@ mod tests {
         let Some(Event::Change(Change::Row(r))) = d.decode(&insert).unwrap() else {
             panic!()
         };
-        assert_eq!(r.new.unwrap(), vec![Datum::Text("1".into()), Datum::Text("5".into()), Datum::Null]);
+        assert_eq!(
+            r.new.unwrap(),
+            vec![Datum::Text("1".into()), Datum::Text("5".into()), Datum::Null]
+        );
 
         let update = B::new(b'U')
             .i32(16385)
@@ -636,7 +639,10 @@ mod tests {
         let Some(Event::Change(Change::Row(r))) = d.decode(&update).unwrap() else {
             panic!()
         };
-        assert_eq!(r.old.unwrap(), vec![Datum::Text("1".into()), Datum::Absent, Datum::Absent]);
+        assert_eq!(
+            r.old.unwrap(),
+            vec![Datum::Text("1".into()), Datum::Absent, Datum::Absent]
+        );
         assert_eq!(r.new.unwrap()[2], Datum::UnchangedToast);
 
         let delete = B::new(b'D').i32(16385).u8(b'O').i16(3).text("2").text("5").text("d").0;
@@ -652,7 +658,17 @@ mod tests {
         let mut d = Decoder::new();
         d.decode(&relation_msg()).unwrap();
         let first = d.relation(16385).unwrap().id;
-        let altered = B::new(b'R').i32(16385).s("public").s("products").u8(b'f').i16(1).u8(1).s("id").i32(20).i32(-1).0;
+        let altered = B::new(b'R')
+            .i32(16385)
+            .s("public")
+            .s("products")
+            .u8(b'f')
+            .i16(1)
+            .u8(1)
+            .s("id")
+            .i32(20)
+            .i32(-1)
+            .0;
         d.decode(&altered).unwrap();
         let rel = d.relation(16385).unwrap();
         assert_ne!(rel.id, first);
@@ -689,7 +705,10 @@ mod tests {
         assert!(matches!(d.decode(b""), Err(DecodeError::Truncated { .. })));
         assert!(matches!(d.decode(b"Z"), Err(DecodeError::UnknownMessage('Z'))));
         let insert = B::new(b'I').i32(99).u8(b'N').i16(0).0;
-        assert!(matches!(d.decode(&insert), Err(DecodeError::UnknownRelation("Insert", 99))));
+        assert!(matches!(
+            d.decode(&insert),
+            Err(DecodeError::UnknownRelation("Insert", 99))
+        ));
         d.decode(&relation_msg()).unwrap();
         let short = B::new(b'I').i32(16385).u8(b'N').i16(1).text("1").0;
         assert!(matches!(d.decode(&short), Err(DecodeError::ColumnCount { .. })));
@@ -737,10 +756,20 @@ mod tests {
         assert_eq!(rows[0].relation.qualified_name(), "public.typed");
         assert_eq!(
             (text(0), text(1), text(2), text(3), text(4), text(5)),
-            ("1", "2.00", "it's\n\"q\" ü", "t", "2026-11-22 10:00:00+00", "2026-11-22")
+            (
+                "1",
+                "2.00",
+                "it's\n\"q\" ü",
+                "t",
+                "2026-11-22 10:00:00+00",
+                "2026-11-22"
+            )
         );
         assert_eq!(text(6), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
-        assert_eq!((text(7), text(8), text(9), text(10)), (r#"{"k": [1, 2]}"#, "{1,2,3}", "\\x0001ff", "happy"));
+        assert_eq!(
+            (text(7), text(8), text(9), text(10)),
+            (r#"{"k": [1, 2]}"#, "{1,2,3}", "\\x0001ff", "happy")
+        );
         assert_eq!(rows[0].relation.columns[11].name, "Quoted Col");
         assert_eq!(rows[0].relation.columns[10].type_name.as_deref(), Some("public.mood"));
         // NULLs

@@ -223,7 +223,12 @@ impl Backoff {
     }
 }
 
-async fn run(config: StreamConfig, tx: mpsc::Sender<StreamItem>, progress: Arc<Progress>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    config: StreamConfig,
+    tx: mpsc::Sender<StreamItem>,
+    progress: Arc<Progress>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     loop {
         let mut session = Session::new(&config, &tx, &progress);
@@ -233,12 +238,7 @@ async fn run(config: StreamConfig, tx: mpsc::Sender<StreamItem>, progress: Arc<P
             Err(e) if e.is_transient() && !*shutdown.borrow() => {
                 tracing::warn!(error = %e, "replication connection lost; reconnecting");
                 progress.reconnects.fetch_add(1, Ordering::Relaxed);
-                if session.started
-                    && tx
-                        .send(StreamItem::Reconnected { error: e.to_string() })
-                        .await
-                        .is_err()
-                {
+                if session.started && tx.send(StreamItem::Reconnected { error: e.to_string() }).await.is_err() {
                     return;
                 }
                 let delay = backoff.next();
@@ -319,7 +319,9 @@ impl<'a> Session<'a> {
             quote_ident(&self.config.slot),
             quote_literal(&quote_ident(&self.config.publication))
         );
-        conn.start_copy_both(&command).await.map_err(|e| classify(e, self.config))?;
+        conn.start_copy_both(&command)
+            .await
+            .map_err(|e| classify(e, self.config))?;
         self.started = true;
         backoff.reset();
         tracing::info!(slot = %self.config.slot, publication = %self.config.publication, target = conn.target(), "replication started");
@@ -594,7 +596,11 @@ pub async fn setup(
         let sql = if list.is_empty() {
             format!("CREATE PUBLICATION {}", quote_ident(publication))
         } else {
-            format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list.join(", "))
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(publication),
+                list.join(", ")
+            )
         };
         conn.simple_query(&sql).await?;
         report.publication_created = true;

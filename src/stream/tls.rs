@@ -212,7 +212,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
                 Ok(ServerCertVerified::assertion())
@@ -336,7 +339,9 @@ mod tests {
 
     #[test]
     fn extracts_tls_settings_from_urls_and_key_values() {
-        let (rest, o) = TlsOptions::extract("postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x").unwrap();
+        let (rest, o) =
+            TlsOptions::extract("postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x")
+                .unwrap();
         assert_eq!(rest, "postgres://u@h/db?application_name=x");
         assert_eq!(o.mode, SslMode::VerifyFull);
         assert_eq!(o.root_cert.unwrap(), PathBuf::from("/tmp/ca.pem"));
