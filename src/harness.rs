@@ -374,14 +374,26 @@ impl PgInstance {
         if !self.running {
             return;
         }
-        let _ = self
+        let stopped = self
             .command("pg_ctl")
             .args(["-w", "-t", "30", "-D"])
             .arg(&self.data)
             .args(["-m", mode, "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped && mode != "immediate" {
+            // A fast shutdown waits for walsenders to be acknowledged; don't wait forever.
+            let _ = self
+                .command("pg_ctl")
+                .args(["-w", "-t", "30", "-D"])
+                .arg(&self.data)
+                .args(["-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         self.running = false;
     }
 
