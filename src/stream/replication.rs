@@ -93,6 +93,8 @@ pub enum StreamError {
     PublicationMissing(String),
     #[error("the server runs with wal_level = {0}; logical replication needs `ALTER SYSTEM SET wal_level = logical` and a restart")]
     WalLevel(String),
+    #[error("the rules name tables that do not exist in this database: {}; create them (apply your migrations) or fix the rules' `table` fields", .0.join(", "))]
+    TablesMissing(Vec<String>),
     #[error("cannot decode the replication stream at {lsn}: {source}")]
     Decode { lsn: Lsn, source: DecodeError },
     #[error("the server ended the replication stream")]
@@ -585,6 +587,21 @@ pub async fn setup(
     }
     let mut report = SetupReport::default();
     let qualified = |t: &crate::rules::TableName| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    let mut missing = Vec::new();
+    for table in tables {
+        let found = conn
+            .simple_query(&format!(
+                "SELECT (to_regclass({}) IS NOT NULL)::text AS found",
+                quote_literal(&qualified(table))
+            ))
+            .await?;
+        if found.first("found") != Some("true") {
+            missing.push(table.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(StreamError::TablesMissing(missing));
+    }
     let exists = conn
         .simple_query(&format!(
             "SELECT puballtables::text AS all FROM pg_catalog.pg_publication WHERE pubname = {}",
