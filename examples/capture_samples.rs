@@ -31,14 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pg = PgInstance::start()?;
     pg.create_database("catalog")?;
-    let mut migrations: Vec<PathBuf> = std::fs::read_dir(root.join("migrations"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .collect();
-    migrations.sort();
-    for m in &migrations {
-        pg.psql_file("catalog", m)?;
-    }
+    pg.apply_migrations("catalog", &root.join("migrations"))?;
     pg.psql(
         "catalog",
         "SELECT pg_create_logical_replication_slot('td', 'test_decoding'); SELECT pg_create_logical_replication_slot('wj', 'wal2json');",

@@ -69,7 +69,14 @@ fn drain_recvlogical(pg: &PgInstance, slot: &str, end: Lsn) -> Duration {
     let start = Instant::now();
     let status = std::process::Command::new(pg.bin_dir().join("pg_recvlogical"))
         .args(["-d", &pg.conn_string("bench"), "--slot", slot, "--start", "--no-loop"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench", "-f", "/dev/null"])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=bench",
+            "-f",
+            "/dev/null",
+        ])
         .args(["--endpos", &end.to_string()])
         .status()
         .expect("run pg_recvlogical");
@@ -94,7 +101,10 @@ async fn main() {
     )
     .unwrap();
     let slots = pg
-        .psql("bench", "SELECT count(DISTINCT confirmed_flush_lsn) FROM pg_replication_slots")
+        .psql(
+            "bench",
+            "SELECT count(DISTINCT confirmed_flush_lsn) FROM pg_replication_slots",
+        )
         .unwrap();
     eprintln!("slots at {} distinct LSN(s)", slots.trim());
     let t = Instant::now();
@@ -126,7 +136,11 @@ async fn main() {
         left -= n;
     }
     let end = Lsn::parse(pg.psql("bench", "SELECT pg_current_wal_lsn()").unwrap().trim()).unwrap();
-    eprintln!("backlog of {} row changes built in {:.1?}, ends at {end}", single + bulk, t.elapsed());
+    eprintln!(
+        "backlog of {} row changes built in {:.1?}, ends at {end}",
+        single + bulk,
+        t.elapsed()
+    );
 
     let url = pg.url("bench");
     let r1 = drain_recvlogical(&pg, "r1", end);
@@ -136,8 +150,18 @@ async fn main() {
     assert_eq!(changes, single + bulk, "walbust saw every change");
     let recv = r1.min(r2);
     let ours = w1.min(w2);
-    println!("pg_recvlogical drain: {:.3} s, {:.3} s (best {:.3} s)", r1.as_secs_f64(), r2.as_secs_f64(), recv.as_secs_f64());
-    println!("walbust drain:        {:.3} s, {:.3} s (best {:.3} s)", w1.as_secs_f64(), w2.as_secs_f64(), ours.as_secs_f64());
+    println!(
+        "pg_recvlogical drain: {:.3} s, {:.3} s (best {:.3} s)",
+        r1.as_secs_f64(),
+        r2.as_secs_f64(),
+        recv.as_secs_f64()
+    );
+    println!(
+        "walbust drain:        {:.3} s, {:.3} s (best {:.3} s)",
+        w1.as_secs_f64(),
+        w2.as_secs_f64(),
+        ours.as_secs_f64()
+    );
     println!(
         "ratio walbust / pg_recvlogical: {:.3}; {:.0} changes/s; walbust peak RSS {:.1} MB",
         ours.as_secs_f64() / recv.as_secs_f64(),

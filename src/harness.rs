@@ -359,6 +359,19 @@ impl PgInstance {
         self.psql(dbname, &sql)
     }
 
+    /// Applies every `*.sql` file of `dir` in name order (e.g. the repository's `migrations/`).
+    pub fn apply_migrations(&self, dbname: &str, dir: &Path) -> Result<(), HarnessError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        for file in files {
+            self.psql_file(dbname, &file)?;
+        }
+        Ok(())
+    }
+
     /// Restarts on the same port: `fast` shuts down cleanly, otherwise `immediate` (crash-like).
     pub fn restart(&mut self, fast: bool) -> Result<(), HarnessError> {
         self.stop_server(if fast { "fast" } else { "immediate" });

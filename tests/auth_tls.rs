@@ -158,6 +158,12 @@ async fn md5_scram_and_tls_connections() {
         .await
         .unwrap()
         .is_empty());
+    // Unix socket (pg_hba `local … trust`).
+    let socket = format!(
+        "host={} port={port} user=postgres dbname=postgres",
+        pg.socket_dir().display()
+    );
+    assert!(!identify(&socket).await.unwrap().is_empty());
     // key=value strings work too
     assert!(!identify(&format!(
         "host=127.0.0.1 port={port} user=scram_user password=scram-secret dbname=postgres sslmode=disable"

@@ -38,15 +38,7 @@ fn repo(path: &str) -> std::path::PathBuf {
 fn setup() -> PgInstance {
     let pg = PgInstance::start().expect("start PostgreSQL (see the harness error for what to install)");
     pg.create_database("catalog").unwrap();
-    let mut migrations: Vec<_> = std::fs::read_dir(repo("migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .collect();
-    migrations.sort();
-    for m in migrations {
-        pg.psql_file("catalog", &m).unwrap();
-    }
+    pg.apply_migrations("catalog", &repo("migrations")).unwrap();
     pg
 }
 

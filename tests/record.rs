@@ -34,22 +34,18 @@ fn plan_capture(bytes: Vec<u8>) -> Vec<PlannedTxn> {
 
 fn setup_catalog(pg: &PgInstance) {
     pg.create_database("catalog").unwrap();
-    let mut migrations: Vec<_> = std::fs::read_dir(repo("migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .collect();
-    migrations.sort();
-    for m in migrations {
-        pg.psql_file("catalog", &m).unwrap();
-    }
+    pg.apply_migrations("catalog", &repo("migrations")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captures_dry_run_to_exactly_what_the_daemon_plans() {
     let pg = PgInstance::start().unwrap();
     setup_catalog(&pg);
-    pg.psql("catalog", "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')").unwrap();
+    pg.psql(
+        "catalog",
+        "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')",
+    )
+    .unwrap();
     let url = pg.url("catalog");
     let options = RecordOptions {
         connect: ConnectOptions::parse(&url).unwrap(),
@@ -73,7 +69,10 @@ async fn captures_dry_run_to_exactly_what_the_daemon_plans() {
     // Wait for the temporary slot to exist, so the workload is after its start.
     for _ in 0..200 {
         let n = pg
-            .psql("catalog", "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walbust_record_%'")
+            .psql(
+                "catalog",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walbust_record_%'",
+            )
             .unwrap();
         if n.trim() == "1" {
             break;
@@ -85,7 +84,10 @@ async fn captures_dry_run_to_exactly_what_the_daemon_plans() {
 
     // Peek the daemon slot's backlog: same changes, slot not consumed.
     let confirmed_before = pg
-        .psql("catalog", "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'")
+        .psql(
+            "catalog",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'",
+        )
         .unwrap();
     let mut peeked = Vec::new();
     let peek_summary = record(
@@ -99,7 +101,10 @@ async fn captures_dry_run_to_exactly_what_the_daemon_plans() {
     .await
     .unwrap();
     let confirmed_after = pg
-        .psql("catalog", "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'")
+        .psql(
+            "catalog",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'",
+        )
         .unwrap();
     assert_eq!(confirmed_before, confirmed_after, "--peek does not consume the slot");
     assert!(peek_summary.transactions >= 15, "{peek_summary:?}");
@@ -113,8 +118,13 @@ async fn captures_dry_run_to_exactly_what_the_daemon_plans() {
     let mut planner = Planner::new(rules(), false);
     let mut daemon = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while daemon.last().is_none_or(|t: &PlannedTxn| t.commit.end_lsn.unwrap() < end) {
-        let item = tokio::time::timeout_at(deadline, stream.recv()).await.expect("stream timed out");
+    while daemon
+        .last()
+        .is_none_or(|t: &PlannedTxn| t.commit.end_lsn.unwrap() < end)
+    {
+        let item = tokio::time::timeout_at(deadline, stream.recv())
+            .await
+            .expect("stream timed out");
         let Some(StreamItem::Events(batch)) = item else {
             panic!("unexpected {item:?}")
         };
@@ -140,14 +150,20 @@ async fn captures_dry_run_to_exactly_what_the_daemon_plans() {
     assert_eq!(from_live, daemon, "live capture plans exactly like the daemon");
     let deletes: Vec<&String> = daemon.iter().flat_map(|t| &t.delete).collect();
     assert!(deletes.iter().any(|k| *k == "shop:product:1"), "{deletes:?}");
-    assert!(daemon.iter().all(|t| t.commit.lsn.is_some() && t.commit.commit_time.is_some()));
+    assert!(daemon
+        .iter()
+        .all(|t| t.commit.lsn.is_some() && t.commit.commit_time.is_some()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_recording_stops_after_max_changes_at_a_transaction_boundary() {
     let pg = PgInstance::start().unwrap();
     pg.create_database("app").unwrap();
-    pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;",
+    )
+    .unwrap();
     let options = RecordOptions {
         connect: ConnectOptions::parse(&pg.url("app")).unwrap(),
         publication: "pub".into(),
@@ -164,7 +180,10 @@ async fn live_recording_stops_after_max_changes_at_a_transaction_boundary() {
     });
     for _ in 0..200 {
         if pg
-            .psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walbust_record_%'")
+            .psql(
+                "app",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walbust_record_%'",
+            )
             .unwrap()
             .trim()
             == "1"
@@ -174,17 +193,29 @@ async fn live_recording_stops_after_max_changes_at_a_transaction_boundary() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // 3 changes, then a 4-row transaction that crosses the limit, then more.
-    pg.psql("app", "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);").unwrap();
+    pg.psql(
+        "app",
+        "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);",
+    )
+    .unwrap();
     pg.psql("app", "INSERT INTO t SELECT generate_series(4, 7);").unwrap();
     pg.psql("app", "INSERT INTO t VALUES (8);").unwrap();
-    let (summary, bytes) = tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap();
-    assert_eq!(summary.changes, 7, "stopped after the transaction that reached the limit");
+    let (summary, bytes) = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        summary.changes, 7,
+        "stopped after the transaction that reached the limit"
+    );
     assert_eq!(summary.transactions, 4);
     assert!(bytes.starts_with(b"WALBUST-CAPTURE 1\n"));
     // The temporary slot is gone with the connection.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots").unwrap().trim(),
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots")
+            .unwrap()
+            .trim(),
         "0"
     );
 }

@@ -446,15 +446,13 @@ async fn slot_and_publication_problems_get_distinct_errors() {
     .unwrap();
     async fn first_failure(config: StreamConfig) -> StreamError {
         let mut stream = Stream::start(config);
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), stream.recv())
-                .await
-                .expect("timed out")
-            {
-                Some(StreamItem::Failed(e)) => return e,
-                Some(other) => panic!("expected a failure, got {other:?}"),
-                None => panic!("stream ended without an error"),
-            }
+        match tokio::time::timeout(Duration::from_secs(30), stream.recv())
+            .await
+            .expect("timed out")
+        {
+            Some(StreamItem::Failed(e)) => e,
+            Some(other) => panic!("expected a failure, got {other:?}"),
+            None => panic!("stream ended without an error"),
         }
     }
     let e = first_failure(config(&pg.url("app"), "missing", "pub")).await;

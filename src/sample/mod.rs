@@ -213,6 +213,48 @@ impl RelationCache {
     }
 }
 
+/// Builds a row change from the named columns of its images: resolves the relation version
+/// from them and aligns both images with its columns. Columns an image does not carry are
+/// `Absent`, except that a column missing from an UPDATE's new image is `missing_new` (wal2json
+/// leaves unchanged TOAST values out).
+pub(crate) fn row_change(
+    relations: &mut RelationCache,
+    schema: &str,
+    table: &str,
+    op: crate::model::Op,
+    old: Option<Vec<NamedValue<'_>>>,
+    new: Option<Vec<NamedValue<'_>>>,
+    missing_new: Datum,
+) -> crate::model::RowChange {
+    let relation = {
+        let empty = Vec::new();
+        let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
+        let extra = if new.is_some() {
+            old.as_deref().unwrap_or(&[])
+        } else {
+            &[]
+        };
+        relations.resolve(schema, table, main, extra)
+    };
+    let new = new.map(|n| align(&relation, n, missing_new));
+    let old = old.map(|o| align(&relation, o, Datum::Absent));
+    crate::model::RowChange { relation, op, old, new }
+}
+
+/// Reads every event (and error) of a source, bounded, for tests.
+#[cfg(test)]
+pub(crate) fn read_all(source: &mut dyn EventSource) -> Vec<Result<Event, SampleError>> {
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        match source.next_event() {
+            Ok(Some(e)) => out.push(Ok(e)),
+            Ok(None) => break,
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
 /// Aligns named values with the relation's columns; columns not given get `missing`.
 pub(crate) fn align(rel: &Relation, values: Vec<NamedValue<'_>>, missing: Datum) -> Vec<Datum> {
     let same_order =

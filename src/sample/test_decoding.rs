@@ -11,7 +11,7 @@
 //! Quoted values may span lines (a value with a newline), so a record continues while a
 //! quote is open.
 
-use super::{align, truncate, EventSource, InputFormat, NamedValue, RelationCache, SampleError};
+use super::{row_change, truncate, EventSource, InputFormat, NamedValue, RelationCache, SampleError};
 use crate::model::{Change, CommitInfo, Datum, Event, Op, RowChange, Timestamp, Truncate};
 use std::borrow::Cow;
 use std::io::BufRead;
@@ -286,22 +286,8 @@ impl TestDecodingReader {
         {
             return expected("at least one `column[type]:value`", rest);
         }
-        let empty = Vec::new();
-        let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
-        let extra = if new.is_some() {
-            old.as_deref().unwrap_or(&[])
-        } else {
-            &[]
-        };
-        let relation = self.relations.resolve(&schema, &table, main, extra);
-        let old_row = old.map(|o| align(&relation, o, Datum::Absent));
-        let new_row = new.map(|n| align(&relation, n, Datum::Absent));
-        Ok(Some(Event::Change(Change::Row(RowChange {
-            relation,
-            op,
-            old: old_row,
-            new: new_row,
-        }))))
+        let row = row_change(&mut self.relations, &schema, &table, op, old, new, Datum::Absent);
+        Ok(Some(Event::Change(Change::Row(row))))
     }
 }
 
@@ -421,15 +407,7 @@ mod tests {
 
     fn read_all(text: &str) -> Vec<Result<Event, SampleError>> {
         let mut r = TestDecodingReader::new("s.txt", Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
-        let mut out = Vec::new();
-        for _ in 0..1000 {
-            match r.next_event() {
-                Ok(Some(e)) => out.push(Ok(e)),
-                Ok(None) => break,
-                Err(e) => out.push(Err(e)),
-            }
-        }
-        out
+        super::super::read_all(&mut r)
     }
 
     fn events(text: &str) -> Vec<Event> {

@@ -4,8 +4,10 @@
 //! Values keep PostgreSQL's text form: JSON numbers are taken verbatim from the raw JSON
 //! (`2.00` stays `2.00`), booleans become `t` / `f`, strings are unescaped.
 
-use super::{align, truncate, EventSource, InputFormat, NamedValue, RelationCache, SampleError};
-use crate::model::{Change, CommitInfo, Datum, Event, Lsn, Op, RowChange, Timestamp, Truncate};
+use super::{row_change, truncate, EventSource, InputFormat, NamedValue, RelationCache, SampleError};
+#[cfg(test)]
+use crate::model::RowChange;
+use crate::model::{Change, CommitInfo, Datum, Event, Lsn, Op, Timestamp, Truncate};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -169,23 +171,14 @@ impl Wal2JsonReader {
                     (_, Some(identity)) => Some(named(identity)?),
                     (_, None) => None,
                 };
-                let empty = Vec::new();
-                let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
-                let extra = if new.is_some() {
-                    old.as_deref().unwrap_or(&[])
-                } else {
-                    &[]
-                };
-                let relation = self.relations.resolve(&schema, &table, main, extra);
                 // wal2json leaves unchanged TOAST columns out of an update's new tuple.
                 let missing_new = if op == Op::Update {
                     Datum::UnchangedToast
                 } else {
                     Datum::Absent
                 };
-                let new = new.map(|n| align(&relation, n, missing_new));
-                let old = old.map(|o| align(&relation, o, Datum::Absent));
-                Ok(Some(Event::Change(Change::Row(RowChange { relation, op, old, new }))))
+                let row = row_change(&mut self.relations, &schema, &table, op, old, new, missing_new);
+                Ok(Some(Event::Change(Change::Row(row))))
             }
             other => Err(format!(
                 "expected action B, C, I, U, D, T or M but found `{}`",
@@ -337,23 +330,21 @@ impl Wal2JsonV1Reader {
                 Some(k) => Some(Self::columns(k.keynames, k.keytypes, k.keyvalues)?),
                 None => None,
             };
-            let empty = Vec::new();
-            let main = new.as_ref().or(old.as_ref()).unwrap_or(&empty);
-            let extra = if new.is_some() {
-                old.as_deref().unwrap_or(&[])
-            } else {
-                &[]
-            };
-            let relation = self.relations.resolve(&change.schema, &change.table, main, extra);
             let missing_new = if op == Op::Update {
                 Datum::UnchangedToast
             } else {
                 Datum::Absent
             };
-            let new = new.map(|n| align(&relation, n, missing_new));
-            let old = old.map(|o| align(&relation, o, Datum::Absent));
-            self.pending
-                .push_back(Event::Change(Change::Row(RowChange { relation, op, old, new })));
+            let row = row_change(
+                &mut self.relations,
+                &change.schema,
+                &change.table,
+                op,
+                old,
+                new,
+                missing_new,
+            );
+            self.pending.push_back(Event::Change(Change::Row(row)));
         }
         let commit_time = match &txn.timestamp {
             Some(t) => Some(Timestamp::parse_pg(t).ok_or_else(|| format!("expected a timestamp but found `{t}`"))?),
@@ -413,15 +404,7 @@ mod tests {
 
     fn read_all(text: &str) -> Vec<Result<Event, SampleError>> {
         let mut r = Wal2JsonReader::new("w.jsonl", Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
-        let mut out = Vec::new();
-        for _ in 0..1000 {
-            match r.next_event() {
-                Ok(Some(e)) => out.push(Ok(e)),
-                Ok(None) => break,
-                Err(e) => out.push(Err(e)),
-            }
-        }
-        out
+        super::super::read_all(&mut r)
     }
 
     fn t(s: &str) -> Datum {
