@@ -6,6 +6,8 @@ use crate::model::{Op, ReplicaIdentity};
 use crate::rules::load::did_you_mean;
 use crate::rules::template::Image;
 use crate::rules::{Diagnostic, Rule, RuleSet, Severity, TableName};
+use crate::stream::conn::{ConnError, ConnectOptions, QueryResult, ReplicationConnection};
+use crate::stream::replication::quote_literal;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the database says about one table.
@@ -44,72 +46,76 @@ pub struct SchemaInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckDbError {
-    #[error("cannot connect to the database: {0}; check --db (e.g. postgres://user@host:5432/dbname)")]
-    Connect(String),
-    #[error("schema query failed: {0}")]
-    Query(String),
+    #[error("cannot check against the database: {0}")]
+    Conn(#[from] ConnError),
 }
 
-fn redact(e: &tokio_postgres::Error) -> String {
-    // tokio-postgres errors never include the password, but be explicit about the source.
-    let mut text = e.to_string();
-    if let Some(db) = e.as_db_error() {
-        text = format!("{}: {}", db.code().code(), db.message());
-        if let Some(hint) = db.hint() {
-            text.push_str(&format!(" (hint: {hint})"));
-        }
-    }
-    text
+fn column(result: &QueryResult, row: &[Option<String>], name: &str) -> String {
+    result
+        .columns
+        .iter()
+        .position(|c| c == name)
+        .and_then(|i| row.get(i).cloned().flatten())
+        .unwrap_or_default()
 }
 
-/// Reads the facts for every rule table (and the publication's tables).
+/// Reads the facts for every rule table (and the publication's tables). Uses a
+/// replication-protocol connection (SQL works on it), so TLS and authentication settings are
+/// the daemon's.
 pub async fn read_schema(url: &str, rules: &RuleSet, publication: Option<&str>) -> Result<SchemaInfo, CheckDbError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| CheckDbError::Connect(redact(&e)))?;
-    let conn_task = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let q = |e: tokio_postgres::Error| CheckDbError::Query(redact(&e));
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(q)?.get(0);
+    let options = ConnectOptions::parse(url)?;
+    let mut conn = ReplicationConnection::connect(&options).await?;
+    let info = read_schema_with(&mut conn, rules, publication).await?;
+    conn.close().await;
+    Ok(info)
+}
+
+/// [`read_schema`] on an open connection.
+pub async fn read_schema_with(
+    conn: &mut ReplicationConnection,
+    rules: &RuleSet,
+    publication: Option<&str>,
+) -> Result<SchemaInfo, CheckDbError> {
+    let wal_level = conn.simple_query("SHOW wal_level").await?;
     let mut info = SchemaInfo {
-        wal_level,
+        wal_level: wal_level.first("wal_level").unwrap_or("").to_string(),
         ..SchemaInfo::default()
     };
     let mut wanted: BTreeSet<TableName> = rules.tables().cloned().collect();
     if let Some(name) = publication {
-        let exists = client
-            .query_opt(
-                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
-                &[&name],
-            )
-            .await
-            .map_err(q)?;
+        let found = conn
+            .simple_query(&format!(
+                "SELECT pubinsert::text AS i, pubupdate::text AS u, pubdelete::text AS d, pubtruncate::text AS t \
+                 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                quote_literal(name)
+            ))
+            .await?;
         let mut publication = PublicationInfo {
             name: name.to_string(),
-            exists: exists.is_some(),
+            exists: !found.rows.is_empty(),
             ..PublicationInfo::default()
         };
-        if let Some(row) = exists {
-            for (i, op) in [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
-                .into_iter()
-                .enumerate()
-            {
-                if row.get::<_, bool>(i) {
+        if let Some(row) = found.rows.first() {
+            for (col, op) in [
+                ("i", Op::Insert),
+                ("u", Op::Update),
+                ("d", Op::Delete),
+                ("t", Op::Truncate),
+            ] {
+                if column(&found, row, col) == "true" {
                     publication.publishes.insert(op);
                 }
             }
-            for row in client
-                .query(
-                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                    &[&name],
-                )
-                .await
-                .map_err(q)?
-            {
+            let tables = conn
+                .simple_query(&format!(
+                    "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+                    quote_literal(name)
+                ))
+                .await?;
+            for row in &tables.rows {
                 publication.tables.insert(TableName {
-                    schema: row.get(0),
-                    name: row.get(1),
+                    schema: column(&tables, row, "s"),
+                    name: column(&tables, row, "t"),
                 });
             }
         }
@@ -117,34 +123,38 @@ pub async fn read_schema(url: &str, rules: &RuleSet, publication: Option<&str>) 
         info.publication = Some(publication);
     }
     for table in wanted {
-        let rel = client
-            .query_opt(
-                "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&table.schema, &table.name],
-            )
-            .await
-            .map_err(q)?;
-        let Some(rel) = rel else { continue };
-        let oid: u32 = rel.get(0);
-        let ident: String = rel.get(1);
-        let replica_identity = ident.bytes().next().and_then(ReplicaIdentity::from_code);
-        let columns = client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), (t.typlen = -1 AND a.attstorage <> 'p') \
-                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                &[&oid],
-            )
-            .await
-            .map_err(q)?
-            .into_iter()
+        let rel = conn
+            .simple_query(&format!(
+                "SELECT c.oid::text AS oid, c.relreplident::text AS ident FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
+                quote_literal(&table.schema),
+                quote_literal(&table.name)
+            ))
+            .await?;
+        let Some(row) = rel.rows.first() else { continue };
+        let oid = column(&rel, row, "oid");
+        let replica_identity = column(&rel, row, "ident")
+            .bytes()
+            .next()
+            .and_then(ReplicaIdentity::from_code);
+        let cols = conn
+            .simple_query(&format!(
+                "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, \
+                 (t.typlen = -1 AND a.attstorage <> 'p')::text AS toastable \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+            ))
+            .await?;
+        let columns: Vec<ColumnInfo> = cols
+            .rows
+            .iter()
             .map(|r| ColumnInfo {
-                name: r.get(0),
-                type_name: r.get(1),
-                toastable: r.get(2),
+                name: column(&cols, r, "name"),
+                type_name: column(&cols, r, "type"),
+                toastable: column(&cols, r, "toastable") == "true",
             })
-            .collect::<Vec<_>>();
+            .collect();
         let identity_columns: BTreeSet<String> = match replica_identity {
             Some(ReplicaIdentity::Full) => columns.iter().map(|c| c.name.clone()).collect(),
             Some(ReplicaIdentity::Nothing) | None => BTreeSet::new(),
@@ -154,20 +164,13 @@ pub async fn read_schema(url: &str, rules: &RuleSet, publication: Option<&str>) 
                 } else {
                     "i.indisreplident"
                 };
-                client
-                    .query(
-                        &format!(
-                            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
-                             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                             WHERE i.indrelid = $1 AND {flag}"
-                        ),
-                        &[&oid],
-                    )
-                    .await
-                    .map_err(q)?
-                    .into_iter()
-                    .map(|r| r.get(0))
-                    .collect()
+                let idx = conn
+                    .simple_query(&format!(
+                        "SELECT a.attname::text AS name FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a \
+                         ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {oid} AND {flag}"
+                    ))
+                    .await?;
+                idx.rows.iter().map(|r| column(&idx, r, "name")).collect()
             }
         };
         info.tables.insert(
@@ -179,8 +182,6 @@ pub async fn read_schema(url: &str, rules: &RuleSet, publication: Option<&str>) 
             },
         );
     }
-    drop(client);
-    let _ = conn_task.await;
     Ok(info)
 }
 

@@ -513,6 +513,12 @@ impl RedisInstance {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Kills the server but keeps its port and directory, for [`RedisInstance::restart`]
+    /// (simulates an outage).
+    pub fn stop_keep_port(&mut self) {
+        self.kill();
+    }
+
     /// Kills and starts again on the same port (with an empty dataset).
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill();

@@ -8,11 +8,15 @@
 
 pub mod capture;
 pub mod check;
+pub mod config;
+pub mod daemon;
 pub mod dryrun;
 pub mod harness;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod record;
 pub mod rules;
 pub mod sample;
+pub mod sink;
 pub mod stream;

@@ -43,6 +43,36 @@ enum Command {
     Record(RecordArgs),
     /// Create the publication (for the rules' tables) and then the replication slot.
     Setup(SetupArgs),
+    /// Run the daemon: stream committed changes and apply invalidations to Redis.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML); settings also come from WALBUST_* variables and the flags below.
+    #[arg(long, env = "WALBUST_CONFIG")]
+    config: Option<PathBuf>,
+    /// postgres.url
+    #[arg(long)]
+    db: Option<String>,
+    /// postgres.slot
+    #[arg(long)]
+    slot: Option<String>,
+    /// postgres.publication
+    #[arg(long)]
+    publication: Option<String>,
+    /// rules.path
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// A Redis target URL (repeat for several); replaces the configured targets.
+    #[arg(long)]
+    redis: Vec<String>,
+    /// http.listen ("" disables)
+    #[arg(long)]
+    listen: Option<String>,
+    /// postgres.create_slot
+    #[arg(long)]
+    create_slot: bool,
 }
 
 #[derive(clap::Args)]
@@ -163,6 +193,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Record(args) => record(args),
         Command::Setup(args) => setup(args),
+        Command::Run(args) => run_daemon(args),
     };
     match result {
         Ok(code) => code,
@@ -369,5 +400,67 @@ fn setup(args: SetupArgs) -> Result<ExitCode> {
         Some(lsn) => println!("created replication slot `{}` (pgoutput) at {lsn}", args.slot),
         None => println!("replication slot `{}` already exists", args.slot),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_daemon(args: RunArgs) -> Result<ExitCode> {
+    use walbust::config::{Config, RedisConfig};
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if config.shutdown_timeout.is_empty() {
+        config.shutdown_timeout = "10s".into();
+    }
+    config.apply_env(std::env::vars())?;
+    if let Some(db) = args.db {
+        config.postgres.url = db;
+    }
+    if let Some(slot) = args.slot {
+        config.postgres.slot = slot;
+    }
+    if let Some(p) = args.publication {
+        config.postgres.publication = p;
+    }
+    if let Some(r) = args.rules {
+        config.rules.path = r;
+    }
+    if !args.redis.is_empty() {
+        config.redis = args.redis.into_iter().map(|url| RedisConfig { url }).collect();
+    }
+    if let Some(l) = args.listen {
+        config.http.listen = l;
+    }
+    if args.create_slot {
+        config.postgres.create_slot = true;
+    }
+    let validated = config.validate()?;
+    tracing::info!(config = ?validated.config, "starting walbust");
+    let summary = runtime()?.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutdown requested; applying what is in flight");
+        };
+        walbust::daemon::run(validated, shutdown).await
+    })?;
+    eprintln!(
+        "walbust stopped: {} transaction(s) applied in {} batch(es){}",
+        summary.transactions,
+        summary.batches,
+        summary
+            .applied
+            .map(|l| format!(", acknowledged up to {l}"))
+            .unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }

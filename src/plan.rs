@@ -5,7 +5,7 @@
 //! yield nothing: only committed work is ever applied.
 
 use crate::model::{CommitInfo, Event, Op};
-use crate::rules::eval::Engine;
+use crate::rules::eval::{Engine, EngineOptions};
 use crate::rules::{ActionKind, RuleSet};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -26,10 +26,16 @@ pub struct TxnPlan {
     pub delete: HashSet<String>,
     pub bump: HashSet<String>,
     pub tags: HashSet<String>,
+    /// Redis set keys of the tags (`<prefix><tag_prefix><tag>`).
+    pub tag_keys: HashSet<String>,
     pub delete_matching: HashSet<String>,
     pub publish: BTreeSet<String>,
     pub fallbacks: BTreeSet<Note>,
     pub unrenderable: BTreeSet<Note>,
+    /// Distinct keys added per rule in this transaction (for the fan-out breaker).
+    rule_keys: HashMap<usize, usize>,
+    /// Rules that exceeded the fan-out limit in this transaction (their fallback applies).
+    escalated: HashSet<usize>,
     /// Which rules produced each action, when explaining.
     explain: Option<HashMap<(ActionKind, String), BTreeSet<usize>>>,
 }
@@ -52,14 +58,40 @@ impl TxnPlan {
     }
 
     /// Adds one rendered key; duplicates cost a lookup, not an allocation.
-    pub fn add(&mut self, kind: ActionKind, key: &str, rule: usize) {
+    /// Returns whether the key was new in this transaction.
+    pub fn add(&mut self, kind: ActionKind, key: &str, rule: usize) -> bool {
         let set = self.set(kind);
-        if !set.contains(key) {
+        let new = !set.contains(key);
+        if new {
             set.insert(key.to_string());
         }
         if let Some(explain) = &mut self.explain {
             explain.entry((kind, key.to_string())).or_default().insert(rule);
         }
+        new
+    }
+
+    /// Adds a tag and the key of its Redis set.
+    pub fn add_tag(&mut self, tag: &str, tag_key: &str, rule: usize) -> bool {
+        if !self.tag_keys.contains(tag_key) {
+            self.tag_keys.insert(tag_key.to_string());
+        }
+        self.add(ActionKind::Tags, tag, rule)
+    }
+
+    /// Counts distinct keys added by `rule`; returns the total in this transaction.
+    pub fn count_keys(&mut self, rule: usize, n: usize) -> usize {
+        let c = self.rule_keys.entry(rule).or_default();
+        *c += n;
+        *c
+    }
+
+    pub fn is_escalated(&self, rule: usize) -> bool {
+        self.escalated.contains(&rule)
+    }
+
+    pub fn escalate(&mut self, rule: usize) {
+        self.escalated.insert(rule);
     }
 
     pub fn add_publish(&mut self, channel: &str) {
@@ -88,6 +120,7 @@ impl TxnPlan {
             delete: sorted(&mut self.delete),
             bump: sorted(&mut self.bump),
             tags: sorted(&mut self.tags),
+            tag_keys: sorted(&mut self.tag_keys),
             delete_matching: sorted(&mut self.delete_matching),
             publish: std::mem::take(&mut self.publish).into_iter().collect(),
             fallbacks: std::mem::take(&mut self.fallbacks).into_iter().collect(),
@@ -95,6 +128,8 @@ impl TxnPlan {
             explain,
         };
         self.changes = 0;
+        self.rule_keys.clear();
+        self.escalated.clear();
         txn
     }
 
@@ -103,6 +138,9 @@ impl TxnPlan {
         self.delete.clear();
         self.bump.clear();
         self.tags.clear();
+        self.tag_keys.clear();
+        self.rule_keys.clear();
+        self.escalated.clear();
         self.delete_matching.clear();
         self.publish.clear();
         self.fallbacks.clear();
@@ -124,6 +162,8 @@ pub struct PlannedTxn {
     pub delete: Vec<String>,
     pub bump: Vec<String>,
     pub tags: Vec<String>,
+    /// The Redis set keys of `tags`.
+    pub tag_keys: Vec<String>,
     pub delete_matching: Vec<String>,
     pub publish: Vec<String>,
     pub fallbacks: Vec<Note>,
@@ -165,8 +205,12 @@ pub struct Planner {
 
 impl Planner {
     pub fn new(rules: Arc<RuleSet>, explain: bool) -> Planner {
+        Planner::with_options(rules, explain, EngineOptions::default())
+    }
+
+    pub fn with_options(rules: Arc<RuleSet>, explain: bool, options: EngineOptions) -> Planner {
         Planner {
-            engine: Engine::new(rules),
+            engine: Engine::with_options(rules, options),
             current: TxnPlan::with_explain(explain),
             in_transaction: false,
             open_xid: None,

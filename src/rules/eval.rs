@@ -28,6 +28,10 @@ enum CPart {
 #[derive(Debug)]
 struct CompiledTemplate {
     kind: ActionKind,
+    /// Length of the rule prefix at the start of every rendering.
+    prefix_len: usize,
+    /// For tags: `<rule prefix><tag_prefix>`, the start of the tag's Redis set key.
+    tag_key_prefix: String,
     /// The rule prefix, glob-escaped for delete_matching.
     prefix: String,
     parts: Vec<CPart>,
@@ -41,8 +45,8 @@ struct CompiledRule {
     /// Column positions of `changed`, None when the relation has no such column.
     changed: Vec<Option<usize>>,
     templates: Vec<CompiledTemplate>,
-    /// Fallback keys, prefixed (and escaped for patterns).
-    fallback: Option<Vec<(ActionKind, String)>>,
+    /// Fallback keys, prefixed (and escaped for patterns), with the set key for tags.
+    fallback: Option<Vec<(ActionKind, String, String)>>,
 }
 
 /// What a template rendering came to.
@@ -54,19 +58,46 @@ enum Rendered {
     Missing(String),
 }
 
+/// Settings the daemon and dry-run share, so both plan the same keys.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Prefix of tag set keys, after the rules prefix (`shop:` + `tag:` + `category:5`).
+    pub tag_prefix: String,
+    /// Fan-out breaker: a rule that renders more keys than this in one transaction applies its
+    /// fallback instead (rules without a fallback keep rendering).
+    pub max_keys_per_transaction: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            tag_prefix: "tag:".into(),
+            max_keys_per_transaction: 10_000,
+        }
+    }
+}
+
 /// Evaluates changes against a rule set; caches compiled rules per relation version.
 pub struct Engine {
     rules: Arc<RuleSet>,
+    options: EngineOptions,
     compiled: HashMap<u64, Arc<Vec<CompiledRule>>>,
     buf: String,
+    tag_buf: String,
 }
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Engine {
+        Engine::with_options(rules, EngineOptions::default())
+    }
+
+    pub fn with_options(rules: Arc<RuleSet>, options: EngineOptions) -> Engine {
         Engine {
             rules,
+            options,
             compiled: HashMap::new(),
             buf: String::with_capacity(128),
+            tag_buf: String::with_capacity(128),
         }
     }
 
@@ -109,7 +140,7 @@ impl Engine {
             .rules
             .rules_for(&relation.schema, &relation.name)
             .iter()
-            .map(|&idx| compile(idx, &self.rules.rules[idx], relation))
+            .map(|&idx| compile(idx, &self.rules.rules[idx], relation, &self.options.tag_prefix))
             .collect();
         let compiled = Arc::new(compiled);
         // Relation versions are few; a stream that keeps making new ones (ALTER TABLE in a
@@ -131,7 +162,12 @@ impl Engine {
             if row.op == Op::Update && !cr.changed.is_empty() && !changed_fires(cr, row) {
                 continue;
             }
+            if plan.is_escalated(cr.rule) {
+                // Past the fan-out limit in this transaction: its fallback already applies.
+                continue;
+            }
             let mut missing: Option<String> = None;
+            let mut rendered = 0usize;
             for template in &cr.templates {
                 let passes: &[Image] = match row.op {
                     Op::Insert => &[Image::New],
@@ -147,7 +183,17 @@ impl Engine {
                 };
                 for &pass in passes {
                     match render(template, row, pass, &mut self.buf) {
-                        Rendered::Key => plan.add(template.kind, &self.buf, cr.rule),
+                        Rendered::Key => {
+                            let new = if template.kind == ActionKind::Tags {
+                                self.tag_buf.clear();
+                                self.tag_buf.push_str(&template.tag_key_prefix);
+                                self.tag_buf.push_str(&self.buf[template.prefix_len..]);
+                                plan.add_tag(&self.buf, &self.tag_buf, cr.rule)
+                            } else {
+                                plan.add(template.kind, &self.buf, cr.rule)
+                            };
+                            rendered += usize::from(new);
+                        }
                         Rendered::Null => {}
                         Rendered::Missing(reason) => {
                             if missing.is_none() {
@@ -156,6 +202,18 @@ impl Engine {
                         }
                     }
                 }
+            }
+            let limit = self.options.max_keys_per_transaction;
+            if plan.count_keys(cr.rule, rendered) > limit && cr.fallback.is_some() {
+                plan.escalate(cr.rule);
+                apply_fallback(
+                    rule,
+                    cr,
+                    &row.relation,
+                    row.op,
+                    format!("fan-out: more than {limit} keys in one transaction (max_keys_per_transaction); the fallback replaces the rest"),
+                    plan,
+                );
             }
             for channel in &rule.actions.publish {
                 plan.add_publish(channel);
@@ -178,8 +236,12 @@ impl Engine {
 
 fn apply_fallback(rule: &Rule, cr: &CompiledRule, relation: &Relation, op: Op, reason: String, plan: &mut TxnPlan) {
     if let Some(keys) = &cr.fallback {
-        for (kind, key) in keys {
-            plan.add(*kind, key, cr.rule);
+        for (kind, key, tag_key) in keys {
+            if *kind == ActionKind::Tags {
+                plan.add_tag(key, tag_key, cr.rule);
+            } else {
+                plan.add(*kind, key, cr.rule);
+            }
         }
     }
     if let Some(fb) = &rule.fallback {
@@ -195,7 +257,7 @@ fn apply_fallback(rule: &Rule, cr: &CompiledRule, relation: &Relation, op: Op, r
     });
 }
 
-fn compile(idx: usize, rule: &Rule, relation: &Relation) -> CompiledRule {
+fn compile(idx: usize, rule: &Rule, relation: &Relation, tag_prefix: &str) -> CompiledRule {
     let templates = rule
         .actions
         .templates()
@@ -231,6 +293,8 @@ fn compile(idx: usize, rule: &Rule, relation: &Relation) -> CompiledRule {
                 .collect();
             CompiledTemplate {
                 kind,
+                prefix_len: prefix.len(),
+                tag_key_prefix: format!("{}{tag_prefix}", rule.prefix),
                 prefix,
                 parts,
                 any_columns,
@@ -246,8 +310,9 @@ fn compile(idx: usize, rule: &Rule, relation: &Relation) -> CompiledRule {
                 } else {
                     key.push_str(&rule.prefix);
                 }
-                key.push_str(&template.source.replace("{{", "{").replace("}}", "}"));
-                (kind, key)
+                let literal = template.source.replace("{{", "{").replace("}}", "}");
+                key.push_str(&literal);
+                (kind, key, format!("{}{tag_prefix}{literal}", rule.prefix))
             })
             .collect()
     });
@@ -579,6 +644,44 @@ rules:
         assert_eq!(txn.changes, 3);
         assert_eq!(txn.tags, vec!["shop:category:5"]);
         assert_eq!(txn.bump.len(), 2);
+    }
+
+    #[test]
+    fn tag_keys_put_the_tag_prefix_after_the_rules_prefix() {
+        let p = products();
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), t("5"), t("x"), t("1"), t("d")]),
+        )]);
+        assert_eq!(txn.tags, vec!["shop:category:5"]);
+        assert_eq!(txn.tag_keys, vec!["shop:tag:category:5"]);
+    }
+
+    #[test]
+    fn fan_out_breaker_escalates_to_the_fallback() {
+        let rules = Arc::new(load_str("r.yaml", RULES).unwrap().rules);
+        let options = EngineOptions {
+            max_keys_per_transaction: 10,
+            ..EngineOptions::default()
+        };
+        let mut planner = crate::plan::Planner::with_options(rules, false, options);
+        let p = products();
+        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        for i in 0..100 {
+            let id = i.to_string();
+            let change = row(&p, Op::Insert, None, Some(vec![t(&id), t("5"), t("x"), t("1"), t("d")]));
+            planner.push(&crate::model::Event::Change(change));
+        }
+        let txn = planner.push(&crate::model::Event::Commit(Default::default())).unwrap();
+        assert!(txn.delete.len() <= 12, "{}", txn.delete.len());
+        assert!(txn.bump.contains(&"shop:ver:products".to_string()));
+        assert!(
+            txn.fallbacks.iter().any(|f| f.reason.contains("fan-out")),
+            "{:?}",
+            txn.fallbacks
+        );
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct Progress {
     /// The last position reported to the server.
     reported: AtomicU64,
     reconnects: AtomicU64,
+    /// The server's WAL end as last seen (keepalive or XLogData).
+    server_wal_end: AtomicU64,
+    connected: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -141,6 +144,13 @@ impl Progress {
     }
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+    pub fn server_wal_end(&self) -> Lsn {
+        Lsn(self.server_wal_end.load(Ordering::Acquire))
+    }
+    /// True while streaming (after START_REPLICATION succeeded, until the connection ends).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
     }
 }
 
@@ -235,6 +245,7 @@ async fn run(
     loop {
         let mut session = Session::new(&config, &tx, &progress);
         let result = session.run(&mut shutdown, &mut backoff).await;
+        progress.connected.store(false, Ordering::Release);
         match result {
             Ok(()) => return,
             Err(e) if e.is_transient() && !*shutdown.borrow() => {
@@ -325,6 +336,7 @@ impl<'a> Session<'a> {
             .await
             .map_err(|e| classify(e, self.config))?;
         self.started = true;
+        self.progress.connected.store(true, Ordering::Release);
         backoff.reset();
         tracing::info!(slot = %self.config.slot, publication = %self.config.publication, target = conn.target(), "replication started");
         let mut batch: Vec<Event> = Vec::with_capacity(self.config.batch_events);
@@ -351,6 +363,7 @@ impl<'a> Session<'a> {
                     match parse_server_frame(&data).map_err(|source| StreamError::Decode { lsn: self.server_wal_end, source })? {
                         ServerFrame::XLogData { start, wal_end, data, .. } => {
                             self.server_wal_end = self.server_wal_end.max(wal_end);
+                            self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
                             let event = self
                                 .decoder
                                 .decode(data)
@@ -371,6 +384,7 @@ impl<'a> Session<'a> {
                         }
                         ServerFrame::Keepalive { wal_end, reply_requested, .. } => {
                             self.server_wal_end = self.server_wal_end.max(wal_end);
+                            self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
                             let idle_advance = self.ack_position() > self.reported;
                             if reply_requested || idle_advance || self.last_status.elapsed() >= self.config.status_interval {
                                 self.send_status(&mut conn, false).await?;

@@ -1,0 +1,348 @@
+//! `walbust run` end to end against a real PostgreSQL and real redis-servers started by the
+//! harness: every action kind, moved products, glob escaping, publish, two targets, a Redis
+//! outage, kill -9 and replay, graceful shutdown, HA takeover, metrics.
+
+use redis::Commands;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use walbust::config::{Config, RedisConfig};
+use walbust::harness::{free_port, PgInstance, PgOptions, RedisInstance};
+use walbust::model::Lsn;
+
+const RULES: &str = r#"
+version: 1
+prefix: "t:"
+rules:
+  - name: product
+    table: products
+    on: [insert, update, delete, truncate]
+    delete: ["product:{id}"]
+    bump: ["ver:product:{id}"]
+    tags: ["category:{category_id}"]
+    delete_matching: ["search:{name}:*"]
+    publish: ["inval"]
+    fallback:
+      bump: ["ver:products"]
+"#;
+
+fn pg() -> PgInstance {
+    let pg = PgInstance::start_with(PgOptions {
+        extra_conf: vec![("wal_sender_timeout".into(), "5s".into())],
+        ..PgOptions::default()
+    })
+    .unwrap();
+    pg.create_database("app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE products (id int PRIMARY KEY, category_id int, name text);
+         ALTER TABLE products REPLICA IDENTITY FULL;
+         CREATE PUBLICATION pub FOR TABLE products;
+         SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');",
+    )
+    .unwrap();
+    pg
+}
+
+fn rules_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+    dir
+}
+
+fn config(pg: &PgInstance, rules: &Path, redis: &[&RedisInstance], listen: &str) -> Config {
+    let mut c = Config::default();
+    c.postgres.url = pg.url("app");
+    c.postgres.publication = "pub".into();
+    c.postgres.status_interval = "1s".into();
+    c.postgres.reconnect_max_delay = "500ms".into();
+    c.rules.path = rules.to_path_buf();
+    c.redis = redis.iter().map(|r| RedisConfig { url: r.url() }).collect();
+    c.http.listen = listen.to_string();
+    c.apply.retry_max_delay = "200ms".into();
+    c.shutdown_timeout = "5s".into();
+    c
+}
+
+fn conn(redis: &RedisInstance) -> redis::Connection {
+    redis::Client::open(redis.url()).unwrap().get_connection().unwrap()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn current_lsn(pg: &PgInstance) -> Lsn {
+    Lsn::parse(pg.psql("app", "SELECT pg_current_wal_insert_lsn()").unwrap().trim()).unwrap()
+}
+
+fn confirmed(pg: &PgInstance) -> Lsn {
+    Lsn::parse(
+        pg.psql(
+            "app",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'",
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap_or_default()
+}
+
+fn version(c: &mut redis::Connection, key: &str) -> Option<u64> {
+    c.get::<_, Option<String>>(key).unwrap().map(|v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_every_action_kind_to_two_targets_and_survives_a_redis_outage() {
+    let pg = pg();
+    let mut r1 = RedisInstance::start().unwrap();
+    let r2 = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let port = free_port();
+    let cfg = config(&pg, rules.path(), &[&r1, &r2], &format!("127.0.0.1:{port}"));
+    let validated = cfg.validate().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(validated, async {
+        let _ = stop_rx.await;
+    }));
+
+    // Caches the application filled.
+    let mut c1 = conn(&r1);
+    let mut c2 = conn(&r2);
+    for c in [&mut c1, &mut c2] {
+        let _: () = redis::pipe()
+            .set("t:product:1", "cached")
+            .set("t:page:cat5:a", "x")
+            .set("t:page:cat5:b", "x")
+            .sadd("t:tag:category:5", &["t:page:cat5:a", "t:page:cat5:b"])
+            .set("t:page:cat7:a", "x")
+            .sadd("t:tag:category:7", "t:page:cat7:a")
+            .set("t:search:Mug:1", "x")
+            .set("t:search:Mug:2", "x")
+            .set("t:search:Other:1", "x")
+            .query(c)
+            .unwrap();
+    }
+    // Subscribe to the announcements.
+    let mut sub = redis::Client::open(r1.url()).unwrap().get_connection().unwrap();
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe("inval").unwrap();
+    pubsub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+
+    pg.psql("app", "INSERT INTO products VALUES (1, 5, 'Mug')").unwrap();
+    let msg: String = pubsub.get_message().unwrap().get_payload().unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&msg).unwrap();
+    assert!(
+        payload["delete"].as_array().unwrap().iter().any(|k| k == "t:product:1"),
+        "{payload}"
+    );
+    assert!(
+        payload["lsn"].is_string() && payload["commit_time"].is_string(),
+        "{payload}"
+    );
+    let insert_commit = current_lsn(&pg);
+    for c in [&mut c1, &mut c2] {
+        wait_until("insert effects", || !c.exists::<_, bool>("t:product:1").unwrap());
+        assert!(!c.exists::<_, bool>("t:page:cat5:a").unwrap(), "tag members deleted");
+        assert!(!c.exists::<_, bool>("t:tag:category:5").unwrap(), "tag set deleted");
+        assert!(!c.exists::<_, bool>("t:search:Mug:1").unwrap() && !c.exists::<_, bool>("t:search:Mug:2").unwrap());
+        assert!(c.exists::<_, bool>("t:search:Other:1").unwrap(), "pattern is exact");
+        let v = version(c, "t:ver:product:1").unwrap();
+        assert!(v > 0 && v <= insert_commit.0, "version is the commit LSN: {v}");
+    }
+
+    // A product moved between categories invalidates both category lists.
+    let v_before = version(&mut c1, "t:ver:product:1").unwrap();
+    pg.psql("app", "UPDATE products SET category_id = 7 WHERE id = 1")
+        .unwrap();
+    let _: () = c1.set("t:page:cat5:c", "x").unwrap();
+    let _: () = c1.sadd("t:tag:category:5", "t:page:cat5:c").unwrap();
+    wait_until("move effects", || !c1.exists::<_, bool>("t:page:cat7:a").unwrap());
+    wait_until("old category", || !c1.exists::<_, bool>("t:page:cat5:c").unwrap());
+    assert!(
+        version(&mut c1, "t:ver:product:1").unwrap() > v_before,
+        "versions only move forward"
+    );
+
+    // A glob metacharacter in a value cannot widen the pattern.
+    let _: () = c1.set("t:search:Other:2", "x").unwrap();
+    let _: () = c1.set("t:search:*:1", "x").unwrap();
+    pg.psql("app", "INSERT INTO products VALUES (2, 5, '*')").unwrap();
+    wait_until("glob insert", || version(&mut c1, "t:ver:product:2").is_some());
+    assert!(
+        !c1.exists::<_, bool>("t:search:*:1").unwrap(),
+        "the literal key is gone"
+    );
+    assert!(
+        c1.exists::<_, bool>("t:search:Other:2").unwrap(),
+        "other keys survive a `*` value"
+    );
+
+    // Redis down for a few seconds: nothing lost, applied when it returns.
+    r1.stop_keep_port();
+    pg.psql("app", "UPDATE products SET name = 'Cup' WHERE id = 1").unwrap();
+    pg.psql("app", "DELETE FROM products WHERE id = 2").unwrap();
+    let during = current_lsn(&pg);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        confirmed(&pg) < during,
+        "not acknowledged while a target is down ({} >= {during}); metrics:\n{}",
+        confirmed(&pg),
+        http_get(port, "/metrics")
+    );
+    r1.restart().unwrap();
+    let mut c1 = conn(&r1);
+    wait_until("replay after the outage", || {
+        version(&mut c1, "t:ver:product:2").is_some()
+    });
+    wait_until("version of product 1 after outage", || {
+        version(&mut c1, "t:ver:product:1").is_some()
+    });
+    wait_until("acknowledged after apply", || confirmed(&pg) >= during);
+    // The second target kept up throughout and got the same versions.
+    assert!(version(&mut c2, "t:ver:product:2").unwrap() >= version(&mut c1, "t:ver:product:2").unwrap());
+
+    // TRUNCATE applies the fallback.
+    pg.psql("app", "TRUNCATE products").unwrap();
+    wait_until("truncate fallback", || version(&mut c1, "t:ver:products").is_some());
+
+    // Metrics and readiness.
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics.contains("walbust_changes_total{table=\"public.products\",op=\"insert\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("walbust_commit_to_applied_seconds_count"), "{metrics}");
+    assert!(metrics.contains("walbust_redis_errors_total{target="), "{metrics}");
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    wait_until("ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
+
+    // Graceful shutdown acknowledges everything applied.
+    let last = current_lsn(&pg);
+    let _ = stop_tx.send(());
+    let summary = tokio::time::timeout(Duration::from_secs(20), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(summary.transactions >= 6, "{summary:?}");
+    assert!(
+        confirmed(&pg) >= last,
+        "final status update acknowledged the applied position"
+    );
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn spawn_daemon(config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_walbust"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "walbust=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn write_config(dir: &Path, pg: &PgInstance, rules: &Path, redis: &RedisInstance) -> std::path::PathBuf {
+    let path = dir.join("walbust.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "shutdown_timeout = \"5s\"\n[postgres]\nurl = \"{}\"\npublication = \"pub\"\nstatus_interval = \"1s\"\nreconnect_max_delay = \"500ms\"\n[rules]\npath = \"{}\"\n[apply]\nretry_max_delay = \"200ms\"\n[[redis]]\nurl = \"{}\"\n[http]\nlisten = \"\"\n",
+            pg.url("app"),
+            rules.display(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn kill_9_replays_without_loss_sigterm_acknowledges_and_a_standby_takes_over() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pg, rules.path(), &redis);
+    let mut c = conn(&redis);
+
+    // Two instances on the same slot: one streams, the other waits for the slot.
+    let first_log = dir.path().join("first.log");
+    let mut first = spawn_daemon(&config, &first_log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg
+        .psql("app", "SELECT count(*) FROM pg_stat_replication")
+        .unwrap()
+        .trim()
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "first instance not streaming; its log:\n{}",
+            std::fs::read_to_string(&first_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut standby = spawn_daemon(&config, &dir.path().join("standby.log"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Many transactions; kill -9 the active instance in the middle of them.
+    pg.psql(
+        "app",
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP INSERT INTO products VALUES (i, i % 10, 'p' || i); COMMIT; END LOOP; END $$;",
+    )
+    .unwrap();
+    first.kill().unwrap();
+    let _ = first.wait();
+    let killed_at = Instant::now();
+    pg.psql(
+        "app",
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP UPDATE products SET name = 'q' || i WHERE id = i; COMMIT; END LOOP; END $$;",
+    )
+    .unwrap();
+    let end = current_lsn(&pg);
+    // The standby takes over and applies everything: every product has a version at least as
+    // new as its last update (replay is harmless, versions monotonic).
+    wait_until("standby caught up", || confirmed(&pg) >= end);
+    let takeover = killed_at.elapsed();
+    assert!(takeover < Duration::from_secs(20), "takeover took {takeover:?}");
+    let updates: Vec<(i32, u64)> = (1..=2000)
+        .map(|i| (i, version(&mut c, &format!("t:ver:product:{i}")).unwrap_or(0)))
+        .collect();
+    let missing: Vec<i32> = updates.iter().filter(|(_, v)| *v == 0).map(|(i, _)| *i).collect();
+    assert!(missing.is_empty(), "products without a version: {missing:?}");
+    // Every version is at least the LSN of the product's update transaction: the updates ran
+    // after the inserts, so all versions are above the LSN before the update loop started.
+    let min_version = updates.iter().map(|(_, v)| *v).min().unwrap();
+    assert!(min_version > 0);
+
+    // SIGTERM: graceful, acknowledges what it applied, exits 0.
+    pg.psql("app", "UPDATE products SET name = 'last' WHERE id = 1")
+        .unwrap();
+    let last = current_lsn(&pg);
+    wait_until("last update applied", || {
+        version(&mut c, "t:ver:product:1").unwrap_or(0) >= last.0.saturating_sub(4096)
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &standby.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = standby.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(confirmed(&pg) >= last, "acknowledged on shutdown");
+}
