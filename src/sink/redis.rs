@@ -160,23 +160,7 @@ impl RedisTarget {
     /// Applies a batch. Idempotent; on error, applying the same batch again is correct.
     pub async fn apply(&mut self, batch: &Batch) -> Result<(), RedisError> {
         let mut conn = self.connection().await?;
-        // Tags and patterns first: they need their own round trips (rare, and bounded chunks).
-        for key in &batch.tags {
-            loop {
-                let r: redis::RedisResult<i64> = self
-                    .tag
-                    .key(key)
-                    .arg(CHUNK)
-                    .arg(self.delete_command.name())
-                    .invoke_async(&mut conn)
-                    .await;
-                self.round_trips += 1;
-                let removed = self.finish(r)?;
-                if removed < CHUNK as i64 {
-                    break;
-                }
-            }
-        }
+        // Patterns first: SCAN needs its own round trips (rare; discouraged by `check`).
         for pattern in &batch.delete_matching {
             let mut cursor: u64 = 0;
             loop {
@@ -204,9 +188,19 @@ impl RedisTarget {
                 }
             }
         }
-        // Deletes, bumps and announcements: one pipelined round trip.
+        // Tags (first chunk of each), deletes, bumps and announcements: one pipelined round trip.
         let mut pipe = redis::pipe();
         let mut commands = 0;
+        let tags: Vec<&String> = batch.tags.iter().collect();
+        for key in &tags {
+            pipe.cmd("EVAL")
+                .arg(TAG_SCRIPT)
+                .arg(1)
+                .arg(*key)
+                .arg(CHUNK)
+                .arg(self.delete_command.name());
+            commands += 1;
+        }
         let deletes: Vec<&String> = batch.delete.iter().collect();
         for chunk in deletes.chunks(CHUNK) {
             pipe.cmd(self.delete_command.name()).arg(chunk).ignore();
@@ -231,9 +225,25 @@ impl RedisTarget {
             commands += 1;
         }
         if commands > 0 {
-            let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            // Only the tag scripts' replies are kept: how many members each removed.
+            let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
             self.round_trips += 1;
-            self.finish(r)?;
+            let removed = self.finish(r)?;
+            // Large tag sets: keep draining in bounded chunks.
+            for (key, first) in tags.iter().zip(removed) {
+                let mut last = first;
+                while last >= CHUNK as i64 {
+                    let r: redis::RedisResult<i64> = self
+                        .tag
+                        .key(*key)
+                        .arg(CHUNK)
+                        .arg(self.delete_command.name())
+                        .invoke_async(&mut conn)
+                        .await;
+                    self.round_trips += 1;
+                    last = self.finish(r)?;
+                }
+            }
         }
         Ok(())
     }
