@@ -141,10 +141,17 @@ fn histogram_quantile(port: u16, q: f64) -> f64 {
         .collect();
     let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
     let rank = (q * total).ceil();
-    buckets.iter().find(|(_, c)| *c >= rank).map(|b| b.0).unwrap_or(f64::NAN)
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= rank)
+        .map(|b| b.0)
+        .unwrap_or(f64::NAN)
 }
 
-type Daemon = (tokio::task::JoinHandle<Result<walbust::daemon::RunSummary, walbust::daemon::DaemonError>>, tokio::sync::oneshot::Sender<()>);
+type Daemon = (
+    tokio::task::JoinHandle<Result<walbust::daemon::RunSummary, walbust::daemon::DaemonError>>,
+    tokio::sync::oneshot::Sender<()>,
+);
 
 fn start_daemon(config: &Config) -> Daemon {
     let validated = config.clone().validate().unwrap();
@@ -162,17 +169,23 @@ async fn wait_confirmed(pg: &PgInstance, slot: &str, end: Lsn) {
 }
 
 async fn backlog(s: &Setup) {
-    s.pg.psql("bench", "SELECT pg_copy_logical_replication_slot('walbust', 'recv');").unwrap();
+    s.pg.psql("bench", "SELECT pg_copy_logical_replication_slot('walbust', 'recv');")
+        .unwrap();
     s.pg.psql(
         "bench",
         "DO $$ BEGIN FOR i IN 1..100000 LOOP INSERT INTO items VALUES (i, i % 40, 'item ' || i, 9.99); COMMIT; END LOOP; END $$;",
     )
     .unwrap();
     let mut next = 100_001u64;
-    for n in [200_000u64, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000] {
+    for n in [
+        200_000u64, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000, 100_000,
+    ] {
         s.pg.psql(
             "bench",
-            &format!("INSERT INTO items SELECT g, g % 40, 'item ' || g, 19.99 FROM generate_series({next}, {}) g;", next + n - 1),
+            &format!(
+                "INSERT INTO items SELECT g, g % 40, 'item ' || g, 19.99 FROM generate_series({next}, {}) g;",
+                next + n - 1
+            ),
         )
         .unwrap();
         next += n;
@@ -180,8 +193,22 @@ async fn backlog(s: &Setup) {
     let end = insert_lsn(&s.pg);
     let t = Instant::now();
     let status = std::process::Command::new(s.pg.bin_dir().join("pg_recvlogical"))
-        .args(["-d", &s.pg.conn_string("bench"), "--slot", "recv", "--start", "--no-loop"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench", "-f", "/dev/null"])
+        .args([
+            "-d",
+            &s.pg.conn_string("bench"),
+            "--slot",
+            "recv",
+            "--start",
+            "--no-loop",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=bench",
+            "-f",
+            "/dev/null",
+        ])
         .args(["--endpos", &end.to_string()])
         .status()
         .unwrap();
@@ -208,21 +235,42 @@ async fn live(s: &Setup, tps: u64, seconds: u64) {
     // Let the daemon connect and drain earlier work.
     let start_lsn = insert_lsn(&s.pg);
     wait_confirmed(&s.pg, "walbust", start_lsn).await;
-    let rt_before: f64 = metric(s.metrics_port, "walbust_redis_round_trips_total").iter().map(|m| m.1).sum();
-    let tx_before: f64 = metric(s.metrics_port, "walbust_transactions_total").iter().map(|m| m.1).sum();
+    let rt_before: f64 = metric(s.metrics_port, "walbust_redis_round_trips_total")
+        .iter()
+        .map(|m| m.1)
+        .sum();
+    let tx_before: f64 = metric(s.metrics_port, "walbust_transactions_total")
+        .iter()
+        .map(|m| m.1)
+        .sum();
     // Writers run in pgbench (a separate process), so they do not share the daemon's CPU
     // scheduling; `-R` sets the rate, no `-R` is as fast as they go.
     let script = std::env::temp_dir().join(format!("walbust-bench-{}.sql", std::process::id()));
-    std::fs::write(&script, "\\set id random(1, 100000)\nUPDATE items SET price = price + 0.01 WHERE id = :id;\n").unwrap();
+    std::fs::write(
+        &script,
+        "\\set id random(1, 100000)\nUPDATE items SET price = price + 0.01 WHERE id = :id;\n",
+    )
+    .unwrap();
     let mut cmd = std::process::Command::new(s.pg.bin_dir().join("pgbench"));
     cmd.args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string(), "-f"])
         .arg(&script)
-        .args(["-h", "127.0.0.1", "-p", &s.pg.port().to_string(), "-U", "postgres", "bench"]);
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.pg.port().to_string(),
+            "-U",
+            "postgres",
+            "bench",
+        ]);
     if tps > 0 {
         cmd.args(["-R", &tps.to_string()]);
     }
     let t = Instant::now();
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
     let elapsed = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&script);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -236,8 +284,16 @@ async fn live(s: &Setup, tps: u64, seconds: u64) {
     let _ = AtomicBool::new(false);
     let end = insert_lsn(&s.pg);
     wait_confirmed(&s.pg, "walbust", end).await;
-    let rt: f64 = metric(s.metrics_port, "walbust_redis_round_trips_total").iter().map(|m| m.1).sum::<f64>() - rt_before;
-    let txs: f64 = metric(s.metrics_port, "walbust_transactions_total").iter().map(|m| m.1).sum::<f64>() - tx_before;
+    let rt: f64 = metric(s.metrics_port, "walbust_redis_round_trips_total")
+        .iter()
+        .map(|m| m.1)
+        .sum::<f64>()
+        - rt_before;
+    let txs: f64 = metric(s.metrics_port, "walbust_transactions_total")
+        .iter()
+        .map(|m| m.1)
+        .sum::<f64>()
+        - tx_before;
     let p50 = histogram_quantile(s.metrics_port, 0.5);
     let p99 = histogram_quantile(s.metrics_port, 0.99);
     let label = if tps == 0 { "max".to_string() } else { tps.to_string() };
@@ -280,8 +336,11 @@ async fn main() {
     }
     if phase == "all" || phase == "live" {
         if phase == "live" {
-            s.pg.psql("bench", "INSERT INTO items SELECT g, g % 40, 'item ' || g, 9.99 FROM generate_series(1, 100000) g;")
-                .unwrap();
+            s.pg.psql(
+                "bench",
+                "INSERT INTO items SELECT g, g % 40, 'item ' || g, 9.99 FROM generate_series(1, 100000) g;",
+            )
+            .unwrap();
         }
         live(&s, 1_000, 10).await;
         live(&s, 5_000, 10).await;

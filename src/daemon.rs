@@ -380,12 +380,42 @@ async fn flush(
         metrics.latency(((now - t.0).max(0) as f64) / 1e6);
     }
     metrics.batch(batch.actions());
+    schedule_redeletes(&batch, config);
     if let Some(end) = batch.last_end {
         stream.applied(end);
         metrics.applied_lsn.fetch_max(end.0, Ordering::Relaxed);
         state.summary.applied = Some(end);
     }
     true
+}
+
+/// `redelete_after`: delete the keys once more after their delay, narrowing the window in which
+/// a reader that loaded the old row before the commit can put a stale value back. Best effort on
+/// fresh connections: the first delete is what was acknowledged.
+fn schedule_redeletes(batch: &Batch, config: &Validated) {
+    if batch.redelete.is_empty() {
+        return;
+    }
+    let mut by_delay: BTreeMap<Duration, Vec<String>> = BTreeMap::new();
+    for (key, delay) in &batch.redelete {
+        by_delay.entry(*delay).or_default().push(key.clone());
+    }
+    let urls: Vec<String> = config.config.redis.iter().map(|r| r.url.clone()).collect();
+    let command = config.config.apply.delete_command;
+    let tag_prefix = config.config.rules.tag_prefix.clone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        for (delay, keys) in by_delay {
+            tokio::time::sleep_until(start + delay).await;
+            for url in &urls {
+                if let Ok(mut target) = RedisTarget::new(url, command, &tag_prefix) {
+                    if let Err(e) = target.delete_keys(&keys).await {
+                        tracing::warn!(target = %target.name, error = %e, keys = keys.len(), "delayed re-delete failed");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// A gap in the slot's history: bump the epoch on every target (so every cache key changes),

@@ -32,6 +32,8 @@ pub struct TxnPlan {
     pub publish: BTreeSet<String>,
     pub fallbacks: BTreeSet<Note>,
     pub unrenderable: BTreeSet<Note>,
+    /// Deleted keys to delete again after a delay (rules with `redelete_after`).
+    pub redelete: HashMap<String, std::time::Duration>,
     /// Distinct keys added per rule in this transaction (for the fan-out breaker).
     rule_keys: HashMap<usize, usize>,
     /// Rules that exceeded the fan-out limit in this transaction (their fallback applies).
@@ -121,6 +123,11 @@ impl TxnPlan {
             bump: sorted(&mut self.bump),
             tags: sorted(&mut self.tags),
             tag_keys: sorted(&mut self.tag_keys),
+            redelete: {
+                let mut v: Vec<(String, std::time::Duration)> = self.redelete.drain().collect();
+                v.sort();
+                v
+            },
             delete_matching: sorted(&mut self.delete_matching),
             publish: std::mem::take(&mut self.publish).into_iter().collect(),
             fallbacks: std::mem::take(&mut self.fallbacks).into_iter().collect(),
@@ -139,6 +146,7 @@ impl TxnPlan {
         self.bump.clear();
         self.tags.clear();
         self.tag_keys.clear();
+        self.redelete.clear();
         self.rule_keys.clear();
         self.escalated.clear();
         self.delete_matching.clear();
@@ -164,6 +172,8 @@ pub struct PlannedTxn {
     pub tags: Vec<String>,
     /// The Redis set keys of `tags`.
     pub tag_keys: Vec<String>,
+    /// Keys to delete once more after a delay (`redelete_after`).
+    pub redelete: Vec<(String, std::time::Duration)>,
     pub delete_matching: Vec<String>,
     pub publish: Vec<String>,
     pub fallbacks: Vec<Note>,

@@ -22,6 +22,7 @@ rules:
     tags: ["category:{category_id}"]
     delete_matching: ["search:{name}:*"]
     publish: ["inval"]
+    redelete_after: 300ms
     fallback:
       bump: ["ver:products"]
 "#;
@@ -155,6 +156,10 @@ async fn applies_every_action_kind_to_two_targets_and_survives_a_redis_outage() 
         assert!(v > 0 && v <= insert_commit.0, "version is the commit LSN: {v}");
     }
 
+    // redelete_after: a stale fill right after the delete is deleted again.
+    let _: () = c1.set("t:product:1", "stale fill").unwrap();
+    wait_until("delayed re-delete", || !c1.exists::<_, bool>("t:product:1").unwrap());
+
     // A product moved between categories invalidates both category lists.
     let v_before = version(&mut c1, "t:ver:product:1").unwrap();
     pg.psql("app", "UPDATE products SET category_id = 7 WHERE id = 1")
@@ -167,6 +172,10 @@ async fn applies_every_action_kind_to_two_targets_and_survives_a_redis_outage() 
         version(&mut c1, "t:ver:product:1").unwrap() > v_before,
         "versions only move forward"
     );
+
+    // The walsender is terminated: the daemon reconnects and goes on.
+    pg.psql("app", "SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+        .unwrap();
 
     // A glob metacharacter in a value cannot widen the pattern.
     let _: () = c1.set("t:search:Other:2", "x").unwrap();

@@ -192,6 +192,10 @@ impl Engine {
                             } else {
                                 plan.add(template.kind, &self.buf, cr.rule)
                             };
+                            if let (ActionKind::Delete, Some(delay)) = (template.kind, rule.redelete_after) {
+                                let entry = plan.redelete.entry(self.buf.clone()).or_default();
+                                *entry = (*entry).max(delay);
+                            }
                             rendered += usize::from(new);
                         }
                         Rendered::Null => {}

@@ -17,6 +17,8 @@ pub struct Batch {
     /// Tag set keys (`<prefix><tag_prefix><tag>`).
     pub tags: HashSet<String>,
     pub delete_matching: HashSet<String>,
+    /// Keys to delete again after a delay (`redelete_after`), longest delay kept.
+    pub redelete: HashMap<String, std::time::Duration>,
     /// `(channel, JSON payload)`, one per transaction and channel.
     pub publish: Vec<(String, String)>,
     pub transactions: u64,
@@ -50,6 +52,10 @@ impl Batch {
             if !self.tags.contains(key) {
                 self.tags.insert(key.clone());
             }
+        }
+        for (key, delay) in &txn.redelete {
+            let entry = self.redelete.entry(key.clone()).or_default();
+            *entry = (*entry).max(*delay);
         }
         for key in &txn.delete_matching {
             if !self.delete_matching.contains(key) {
@@ -109,6 +115,7 @@ mod tests {
             bump: bump.iter().map(|s| s.to_string()).collect(),
             tags: vec![],
             tag_keys: vec![],
+            redelete: vec![],
             delete_matching: vec![],
             publish: vec!["ch".into()],
             fallbacks: vec![],

@@ -248,6 +248,20 @@ impl RedisTarget {
         Ok(())
     }
 
+    /// Deletes keys (the delayed second delete of `redelete_after`).
+    pub async fn delete_keys(&mut self, keys: &[String]) -> Result<(), RedisError> {
+        let mut conn = self.connection().await?;
+        for chunk in keys.chunks(CHUNK) {
+            let r: redis::RedisResult<i64> = redis::cmd(self.delete_command.name())
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await;
+            self.round_trips += 1;
+            self.finish(r)?;
+        }
+        Ok(())
+    }
+
     /// Increments the global epoch key (a gap in the slot's history: forget everything).
     pub async fn bump_epoch(&mut self, key: &str) -> Result<i64, RedisError> {
         let mut conn = self.connection().await?;
