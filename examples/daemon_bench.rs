@@ -88,7 +88,10 @@ fn setup() -> Setup {
     config.postgres.url = pg.url("bench");
     config.postgres.publication = "bench".into();
     config.rules.path = dir.clone();
-    config.redis = vec![RedisConfig { url: redis.url() }];
+    config.redis = vec![RedisConfig {
+        url: redis.url(),
+        cluster: false,
+    }];
     config.http.listen = format!("127.0.0.1:{metrics_port}");
     config.shutdown_timeout = "10s".into();
     Setup {

@@ -117,10 +117,14 @@ impl Default for ApplyConfig {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://…` or `rediss://…` (TLS); for a cluster, seed nodes separated by commas.
     pub url: String,
+    /// A Redis Cluster: cluster-aware routing, no cross-slot commands.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -262,6 +266,7 @@ impl Config {
                         .filter(|u| !u.trim().is_empty())
                         .map(|u| RedisConfig {
                             url: u.trim().to_string(),
+                            cluster: false,
                         })
                         .collect()
                 }
@@ -308,7 +313,8 @@ impl Config {
             ));
         }
         for (i, r) in self.redis.iter().enumerate() {
-            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://") || r.url.starts_with("unix://")) {
+            let ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://");
+            if !r.url.split(',').all(|u| ok(u.trim())) {
                 return Err(invalid(
                     &format!("redis[{i}].url"),
                     format!("`{}` is not a redis:// URL", redact_url(&r.url)),

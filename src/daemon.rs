@@ -198,8 +198,13 @@ pub async fn run(
 
     let mut targets = Vec::new();
     for (i, r) in cfg.redis.iter().enumerate() {
-        let target = RedisTarget::new(&r.url, cfg.apply.delete_command, &cfg.rules.tag_prefix)
+        let target = RedisTarget::with_mode(&r.url, r.cluster, cfg.apply.delete_command, &cfg.rules.tag_prefix)
             .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?;
+        if r.cluster && rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty()) {
+            return Err(DaemonError::Config(format!(
+                "redis[{i}]: delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys"
+            )));
+        }
         targets.push(target);
     }
     for target in &mut targets {
@@ -400,15 +405,15 @@ fn schedule_redeletes(batch: &Batch, config: &Validated) {
     for (key, delay) in &batch.redelete {
         by_delay.entry(*delay).or_default().push(key.clone());
     }
-    let urls: Vec<String> = config.config.redis.iter().map(|r| r.url.clone()).collect();
+    let urls: Vec<(String, bool)> = config.config.redis.iter().map(|r| (r.url.clone(), r.cluster)).collect();
     let command = config.config.apply.delete_command;
     let tag_prefix = config.config.rules.tag_prefix.clone();
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
         for (delay, keys) in by_delay {
             tokio::time::sleep_until(start + delay).await;
-            for url in &urls {
-                if let Ok(mut target) = RedisTarget::new(url, command, &tag_prefix) {
+            for (url, cluster) in &urls {
+                if let Ok(mut target) = RedisTarget::with_mode(url, *cluster, command, &tag_prefix) {
                     if let Err(e) = target.delete_keys(&keys).await {
                         tracing::warn!(target = %target.name, error = %e, keys = keys.len(), "delayed re-delete failed");
                     }

@@ -436,15 +436,22 @@ pub struct RedisInstance {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl RedisInstance {
     pub fn start() -> Result<RedisInstance, HarnessError> {
+        RedisInstance::start_with_args(&[])
+    }
+
+    /// With extra redis-server arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with_args(extra_args: &[&str]) -> Result<RedisInstance, HarnessError> {
         let dir = unique_dir("redis")?;
         let mut redis = RedisInstance {
             dir,
             port: 0,
             child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         let mut last = None;
         for _ in 0..5 {
@@ -475,6 +482,7 @@ impl RedisInstance {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -541,6 +549,68 @@ impl RedisInstance {
 impl Drop for RedisInstance {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A throwaway Redis Cluster of `n` primaries (no replicas), created with `redis-cli --cluster`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisInstance>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> Result<RedisCluster, HarnessError> {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(RedisInstance::start_with_args(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| HarnessError::Command {
+                what: "redis-cli --cluster create".into(),
+                detail: format!("{e}; install redis-tools"),
+            })?;
+        if !out.status.success() {
+            return Err(HarnessError::Command {
+                what: "redis-cli --cluster create".into(),
+                detail: String::from_utf8_lossy(&out.stdout).into_owned(),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port().to_string(), "cluster", "info"])
+                    .output()?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(HarnessError::NotReady(
+                        "redis cluster".into(),
+                        String::from_utf8_lossy(&info.stdout).into_owned(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(RedisCluster { nodes })
+    }
+
+    /// Seed URLs, comma-separated (walbust's cluster target syntax).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
     }
 }
 

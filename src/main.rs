@@ -426,7 +426,11 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         config.rules.path = r;
     }
     if !args.redis.is_empty() {
-        config.redis = args.redis.into_iter().map(|url| RedisConfig { url }).collect();
+        config.redis = args
+            .redis
+            .into_iter()
+            .map(|url| RedisConfig { url, cluster: false })
+            .collect();
     }
     if let Some(l) = args.listen {
         config.http.listen = l;

@@ -58,7 +58,13 @@ fn config(pg: &PgInstance, rules: &Path, redis: &[&RedisInstance], listen: &str)
     c.postgres.status_interval = "1s".into();
     c.postgres.reconnect_max_delay = "500ms".into();
     c.rules.path = rules.to_path_buf();
-    c.redis = redis.iter().map(|r| RedisConfig { url: r.url() }).collect();
+    c.redis = redis
+        .iter()
+        .map(|r| RedisConfig {
+            url: r.url(),
+            cluster: false,
+        })
+        .collect();
     c.http.listen = listen.to_string();
     c.apply.retry_max_delay = "200ms".into();
     c.shutdown_timeout = "5s".into();
@@ -354,4 +360,59 @@ fn kill_9_replays_without_loss_sigterm_acknowledges_and_a_standby_takes_over() {
     let exit = standby.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
     assert!(confirmed(&pg) >= last, "acknowledged on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_to_a_three_node_redis_cluster() {
+    let pg = pg();
+    let cluster = walbust::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
+    let rules = tempfile::tempdir().unwrap();
+    // delete_matching is refused on cluster targets; the other kinds apply across slots.
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        RULES.replace("    delete_matching: [\"search:{name}:*\"]\n", ""),
+    )
+    .unwrap();
+    let mut cfg = config(&pg, rules.path(), &[], "");
+    cfg.redis = vec![RedisConfig {
+        url: cluster.url(),
+        cluster: true,
+    }];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let client = redis::cluster::ClusterClient::new(vec![cluster.nodes[0].url()]).unwrap();
+    let mut c = client.get_connection().unwrap();
+    for i in 1..=50 {
+        let _: () = c.set(format!("t:product:{i}"), "cached").unwrap();
+        let _: () = c.set(format!("t:page:{i}"), "x").unwrap();
+        let _: () = c.sadd("t:tag:category:3", format!("t:page:{i}")).unwrap();
+    }
+    pg.psql(
+        "app",
+        "INSERT INTO products SELECT g, 3, 'p' || g FROM generate_series(1, 50) g",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: usize = (1..=50)
+            .filter(|i| c.exists::<_, bool>(format!("t:product:{i}")).unwrap())
+            .count();
+        let versions: usize = (1..=50)
+            .filter(|i| c.exists::<_, bool>(format!("t:ver:product:{i}")).unwrap())
+            .count();
+        if left == 0 && versions == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} keys left, {versions} versions");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!c.exists::<_, bool>("t:tag:category:3").unwrap(), "tag set drained");
+    assert!(
+        !(1..=50).any(|i| c.exists::<_, bool>(format!("t:page:{i}")).unwrap()),
+        "tag members deleted across slots"
+    );
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
 }

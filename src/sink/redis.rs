@@ -71,12 +71,22 @@ impl DeleteCommand {
     }
 }
 
-/// One Redis target (a standalone server or primary).
+enum Backend {
+    Single {
+        client: redis::Client,
+        conn: Option<MultiplexedConnection>,
+    },
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: Option<redis::cluster_async::ClusterConnection>,
+    },
+}
+
+/// One Redis target: a standalone server (or primary), or a Redis Cluster.
 pub struct RedisTarget {
     /// The URL with any password removed, for logs and metrics.
     pub name: String,
-    client: redis::Client,
-    conn: Option<MultiplexedConnection>,
+    backend: Backend,
     pub delete_command: DeleteCommand,
     pub tag_prefix: String,
     bump: redis::Script,
@@ -102,15 +112,40 @@ pub fn redact_url(url: &str) -> String {
 
 impl RedisTarget {
     pub fn new(url: &str, delete_command: DeleteCommand, tag_prefix: &str) -> Result<RedisTarget, RedisError> {
-        let name = redact_url(url);
-        let client = redis::Client::open(url).map_err(|source| RedisError::Redis {
+        RedisTarget::with_mode(url, false, delete_command, tag_prefix)
+    }
+
+    /// `cluster`: `url` lists one or more seed nodes, comma-separated.
+    pub fn with_mode(
+        url: &str,
+        cluster: bool,
+        delete_command: DeleteCommand,
+        tag_prefix: &str,
+    ) -> Result<RedisTarget, RedisError> {
+        let name = url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+        let err = |source| RedisError::Redis {
             target: name.clone(),
             source,
-        })?;
+        };
+        let backend = if cluster {
+            let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            Backend::Cluster {
+                client: redis::cluster::ClusterClient::builder(seeds)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(err)?,
+                conn: None,
+            }
+        } else {
+            Backend::Single {
+                client: redis::Client::open(url).map_err(err)?,
+                conn: None,
+            }
+        };
         Ok(RedisTarget {
             name,
-            client,
-            conn: None,
+            backend,
             delete_command,
             tag_prefix: tag_prefix.to_string(),
             bump: redis::Script::new(BUMP_SCRIPT),
@@ -126,20 +161,38 @@ impl RedisTarget {
         }
     }
 
-    async fn connection(&mut self) -> Result<MultiplexedConnection, RedisError> {
-        if let Some(c) = &self.conn {
-            return Ok(c.clone());
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.err(e))?;
-        self.conn = Some(conn.clone());
-        Ok(conn)
+    async fn connection(&mut self) -> Result<Conn, RedisError> {
+        let result = match &mut self.backend {
+            Backend::Single { client, conn } => {
+                if let Some(c) = conn {
+                    return Ok(Conn::Single(c.clone()));
+                }
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(10)));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(|c| {
+                        *conn = Some(c.clone());
+                        Conn::Single(c)
+                    })
+            }
+            Backend::Cluster { client, conn } => {
+                if let Some(c) = conn {
+                    return Ok(Conn::Cluster(c.clone()));
+                }
+                client.get_async_connection().await.map(|c| {
+                    *conn = Some(c.clone());
+                    Conn::Cluster(c)
+                })
+            }
+        };
+        result.map_err(|e| self.err(e))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
     }
 
     /// Checks the target answers.
@@ -152,7 +205,10 @@ impl RedisTarget {
     /// Drops the connection after an error, so the next attempt reconnects.
     fn finish<T>(&mut self, r: redis::RedisResult<T>) -> Result<T, RedisError> {
         r.map_err(|e| {
-            self.conn = None;
+            match &mut self.backend {
+                Backend::Single { conn, .. } => *conn = None,
+                Backend::Cluster { conn, .. } => *conn = None,
+            }
             self.err(e)
         })
     }
@@ -160,6 +216,9 @@ impl RedisTarget {
     /// Applies a batch. Idempotent; on error, applying the same batch again is correct.
     pub async fn apply(&mut self, batch: &Batch) -> Result<(), RedisError> {
         let mut conn = self.connection().await?;
+        if let Conn::Cluster(cluster) = &conn {
+            return self.apply_cluster(cluster.clone(), batch).await;
+        }
         // Patterns first: SCAN needs its own round trips (rare; discouraged by `check`).
         for pattern in &batch.delete_matching {
             let mut cursor: u64 = 0;
@@ -284,9 +343,184 @@ impl RedisTarget {
     }
 }
 
+/// A connection to either kind of target.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Redis Cluster hash slot of a key (CRC16/XMODEM of the key or its `{hash tag}`, mod 16384).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            key[open + 1..]
+                .iter()
+                .position(|&b| b == b'}')
+                .filter(|&len| len > 0)
+                .map(|len| &key[open + 1..open + 1 + len])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+impl RedisTarget {
+    /// Redis Cluster: no cross-slot commands. Keys are grouped per hash slot into pipelines sent
+    /// concurrently; a tag set is drained by reading members, unlinking them, and only then
+    /// removing them from the set (a crash halfway leaves the rest for the replay).
+    async fn apply_cluster(
+        &mut self,
+        conn: redis::cluster_async::ClusterConnection,
+        batch: &Batch,
+    ) -> Result<(), RedisError> {
+        if !batch.delete_matching.is_empty() {
+            return Err(self.err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "delete_matching is not supported on Redis Cluster targets (SCAN is per node); use tags or version keys",
+            ))));
+        }
+        let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
+        for key in &batch.delete {
+            per_slot
+                .entry(key_slot(key.as_bytes()))
+                .or_default()
+                .cmd(self.delete_command.name())
+                .arg(key)
+                .ignore();
+        }
+        for (key, version) in &batch.bump {
+            per_slot
+                .entry(key_slot(key.as_bytes()))
+                .or_default()
+                .cmd("EVAL")
+                .arg(BUMP_SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(version.to_string())
+                .ignore();
+        }
+        self.run_pipelines(&conn, per_slot).await?;
+        for tag in &batch.tags {
+            loop {
+                let mut c = conn.clone();
+                let r: redis::RedisResult<Vec<String>> =
+                    redis::cmd("SRANDMEMBER").arg(tag).arg(CHUNK).query_async(&mut c).await;
+                self.round_trips += 1;
+                let members = self.finish(r)?;
+                if members.is_empty() {
+                    break;
+                }
+                let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
+                for m in &members {
+                    per_slot
+                        .entry(key_slot(m.as_bytes()))
+                        .or_default()
+                        .cmd(self.delete_command.name())
+                        .arg(m)
+                        .ignore();
+                }
+                self.run_pipelines(&conn, per_slot).await?;
+                let r: redis::RedisResult<i64> = redis::cmd("SREM").arg(tag).arg(&members).query_async(&mut c).await;
+                self.round_trips += 1;
+                self.finish(r)?;
+            }
+        }
+        for (channel, payload) in &batch.publish {
+            let mut c = conn.clone();
+            let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async(&mut c)
+                .await;
+            self.round_trips += 1;
+            self.finish(r)?;
+        }
+        Ok(())
+    }
+
+    async fn run_pipelines(
+        &mut self,
+        conn: &redis::cluster_async::ClusterConnection,
+        pipelines: std::collections::HashMap<u16, redis::Pipeline>,
+    ) -> Result<(), RedisError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, pipe) in pipelines {
+            let mut c = conn.clone();
+            tasks.spawn(async move { pipe.query_async::<()>(&mut c).await });
+            self.round_trips += 1;
+        }
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => {
+                    first_error = first_error.or(Some(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "apply task failed",
+                        e.to_string(),
+                    ))))
+                }
+            }
+        }
+        match first_error {
+            Some(e) => self.finish(Err(e)),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_slots() {
+        // Known values from the Redis Cluster specification.
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % 16384);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_ne!(key_slot(b"a"), key_slot(b"b"));
+    }
 
     #[test]
     fn urls_are_redacted() {
