@@ -243,15 +243,28 @@ pub async fn run(
     // Shutdown is watched by its own task, so a request is seen even while a batch is being
     // retried against an unreachable Redis.
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let shutdown_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = shutdown_flag.clone();
+    let shared = Arc::new(Shared::default());
+    let on_shutdown = shared.clone();
+    let shutdown_timeout = config.shutdown_timeout;
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
-        flag.store(true, Ordering::SeqCst);
+        on_shutdown.stop.store(true, Ordering::SeqCst);
+        on_shutdown
+            .give_up_at
+            .store(now_micros() + shutdown_timeout.as_micros() as i64, Ordering::SeqCst);
         let _ = shutdown_tx.send(true);
     });
-    let is_shutdown = || shutdown_flag.load(Ordering::SeqCst);
+    let is_shutdown = || shared.stop.load(Ordering::SeqCst);
     let mut streamed_once = false;
+    // Applying runs in its own task, so the next batch is planned while the previous one is
+    // applied; batches are applied (and acknowledged) strictly in order.
+    let mut applier = Applier::start(
+        targets,
+        stream.progress(),
+        metrics.clone(),
+        config.clone(),
+        shared.clone(),
+    );
 
     let result: Result<(), DaemonError> = loop {
         if is_shutdown() {
@@ -267,8 +280,15 @@ pub async fn run(
         let deadline = state.batch_started.map(|t| t + config.max_batch_delay);
         let flush_due = state.batch.actions() >= cfg.apply.max_batch_actions;
         if flush_due || deadline.is_some_and(|d| Instant::now() >= d) {
-            if !flush(&mut state, &mut targets, &stream, &metrics, &config, &is_shutdown).await {
-                break Ok(());
+            let batch = std::mem::take(&mut state.batch);
+            state.batch_started = None;
+            tokio::select! {
+                sent = applier.tx.send(batch) => {
+                    if sent.is_err() {
+                        break Ok(());
+                    }
+                }
+                _ = async { let _ = shutdown_rx.wait_for(|stop| *stop).await; } => break Ok(()),
             }
             continue;
         }
@@ -305,15 +325,19 @@ pub async fn run(
                 Some(StreamItem::Failed(e)) => {
                     let gap = matches!(e, StreamError::SlotLost(_)) || (streamed_once && matches!(e, StreamError::SlotMissing(_)));
                     if gap && cfg.apply.on_gap == OnGap::BumpEpoch {
-                        // Apply and acknowledge nothing more from the old slot; forget everything.
+                        // Nothing more from the old slot; what was already batched is real
+                        // committed work and is applied first. Then forget everything.
                         state.batch.clear();
                         state.batch_started = None;
                         state.planner.push(&Event::Rollback);
+                        let mut targets = applier.finish().await;
                         if let Err(e) = recover_gap(&connect, &cfg.postgres.slot, &mut targets, &cfg.apply.epoch_key, &metrics, &config, &is_shutdown).await {
+                            applier = Applier::start(targets, stream.progress(), metrics.clone(), config.clone(), shared.clone());
                             break Err(e);
                         }
                         stream.shutdown().await;
                         stream = Stream::start(stream_config(&connect));
+                        applier = Applier::start(targets, stream.progress(), metrics.clone(), config.clone(), shared.clone());
                         continue;
                     }
                     break Err(DaemonError::Stream(e));
@@ -324,20 +348,20 @@ pub async fn run(
     };
 
     // Graceful: apply what is in flight (bounded by shutdown_timeout), acknowledge, final status.
+    if shared.give_up_at.load(Ordering::SeqCst) == 0 {
+        shared.give_up_at.store(
+            now_micros() + config.shutdown_timeout.as_micros() as i64,
+            Ordering::SeqCst,
+        );
+    }
     if result.is_ok() && !state.batch.is_empty() {
-        let deadline = Instant::now() + config.shutdown_timeout;
-        let give_up = || Instant::now() >= deadline;
         let batch = std::mem::take(&mut state.batch);
-        if apply_everywhere(&mut targets, &batch, &metrics, config.retry_max_delay, &give_up).await {
-            if let Some(end) = batch.last_end {
-                stream.applied(end);
-                state.summary.applied = Some(end);
-            }
-        } else {
-            tracing::warn!(
-                "shutdown timeout reached before Redis applied the last batch; it will be replayed on restart"
-            );
-        }
+        let _ = tokio::time::timeout(config.shutdown_timeout, applier.tx.send(batch)).await;
+    }
+    let _ = tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), applier.finish()).await;
+    let applied = shared.applied.load(Ordering::SeqCst);
+    if applied > 0 {
+        state.summary.applied = Some(Lsn(applied));
     }
     stream.shutdown().await;
     stats_task.abort();
@@ -348,6 +372,69 @@ pub async fn run(
     state.summary.batches = metrics.batches.load(Ordering::Relaxed);
     tracing::info!(transactions = state.summary.transactions, applied = ?state.summary.applied.map(|l| l.to_string()), "walbust stopped");
     result.map(|_| state.summary)
+}
+
+/// State shared between the loop, the applier and the shutdown watcher.
+#[derive(Default)]
+struct Shared {
+    stop: std::sync::atomic::AtomicBool,
+    /// Unix microseconds after which a failing apply stops retrying (0: never; set at shutdown).
+    give_up_at: std::sync::atomic::AtomicI64,
+    /// Highest end LSN every target applied.
+    applied: std::sync::atomic::AtomicU64,
+}
+
+/// The apply task: takes batches in order, applies each to every target (retrying), then
+/// acknowledges its last commit's end LSN.
+struct Applier {
+    tx: tokio::sync::mpsc::Sender<Batch>,
+    task: tokio::task::JoinHandle<Vec<RedisTarget>>,
+}
+
+impl Applier {
+    fn start(
+        mut targets: Vec<RedisTarget>,
+        progress: Arc<crate::stream::replication::Progress>,
+        metrics: Arc<Metrics>,
+        config: Validated,
+        shared: Arc<Shared>,
+    ) -> Applier {
+        // One batch applying, one waiting: bounded memory, overlap of planning and applying.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
+        let task = tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let give_up = || {
+                    let at = shared.give_up_at.load(Ordering::SeqCst);
+                    at != 0 && now_micros() >= at
+                };
+                if !apply_everywhere(&mut targets, &batch, &metrics, config.retry_max_delay, &give_up).await {
+                    tracing::warn!(
+                        "shutdown timeout reached before Redis applied a batch; it will be replayed on restart"
+                    );
+                    break;
+                }
+                let now = now_micros();
+                for t in &batch.commit_times {
+                    metrics.latency(((now - t.0).max(0) as f64) / 1e6);
+                }
+                metrics.batch(batch.actions());
+                if let Some(end) = batch.last_end {
+                    progress.mark_applied(end);
+                    metrics.applied_lsn.fetch_max(end.0, Ordering::Relaxed);
+                    shared.applied.fetch_max(end.0, Ordering::SeqCst);
+                }
+                schedule_redeletes(&batch, &config);
+            }
+            targets
+        });
+        Applier { tx, task }
+    }
+
+    /// Applies what was sent, then returns the targets.
+    async fn finish(self) -> Vec<RedisTarget> {
+        drop(self.tx);
+        self.task.await.unwrap_or_default()
+    }
 }
 
 fn count_change(counts: &mut BTreeMap<(String, &'static str), u64>, change: &Change) {
@@ -362,36 +449,6 @@ fn count_change(counts: &mut BTreeMap<(String, &'static str), u64>, change: &Cha
             }
         }
     }
-}
-
-/// Applies the current batch everywhere and acknowledges it. False when shutdown interrupted.
-async fn flush(
-    state: &mut Loop,
-    targets: &mut [RedisTarget],
-    stream: &Stream,
-    metrics: &Metrics,
-    config: &Validated,
-    is_shutdown: &(dyn Fn() -> bool + Sync),
-) -> bool {
-    let batch = std::mem::take(&mut state.batch);
-    state.batch_started = None;
-    if !apply_everywhere(targets, &batch, metrics, config.retry_max_delay, is_shutdown).await {
-        // Put it back for the graceful shutdown path.
-        state.batch = batch;
-        return false;
-    }
-    let now = now_micros();
-    for t in &batch.commit_times {
-        metrics.latency(((now - t.0).max(0) as f64) / 1e6);
-    }
-    metrics.batch(batch.actions());
-    schedule_redeletes(&batch, config);
-    if let Some(end) = batch.last_end {
-        stream.applied(end);
-        metrics.applied_lsn.fetch_max(end.0, Ordering::Relaxed);
-        state.summary.applied = Some(end);
-    }
-    true
 }
 
 /// `redelete_after`: delete the keys once more after their delay, narrowing the window in which

@@ -136,6 +136,10 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Reports that everything up to `lsn` is applied (same as [`Stream::applied`]).
+    pub fn mark_applied(&self, lsn: Lsn) {
+        self.applied.fetch_max(lsn.0, Ordering::AcqRel);
+    }
     pub fn applied(&self) -> Lsn {
         Lsn(self.applied.load(Ordering::Acquire))
     }
