@@ -300,7 +300,10 @@ fn kill_9_replays_without_loss_sigterm_acknowledges_and_a_standby_takes_over() {
     let mut first = spawn_daemon(&config, &first_log);
     let deadline = Instant::now() + Duration::from_secs(30);
     while pg
-        .psql("app", "SELECT count(*) FROM pg_stat_replication")
+        .psql(
+            "app",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walbust' AND active",
+        )
         .unwrap()
         .trim()
         != "1"
