@@ -121,10 +121,14 @@ fn confirmed(pg: &PgInstance, slot: &str) -> Lsn {
 
 fn metric(port: u16, name: &str) -> Vec<(String, f64)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Before the daemon's HTTP server is up there is nothing to read.
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return Vec::new();
+    };
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    if write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").is_err() || s.read_to_string(&mut out).is_err() {
+        return Vec::new();
+    }
     out.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| {
@@ -219,8 +223,17 @@ async fn backlog(s: &Setup) {
     let recv = t.elapsed();
     let t = Instant::now();
     let (handle, stop) = start_daemon(&s.config);
-    wait_confirmed(&s.pg, "walbust", end).await;
+    // Drained = every change applied to Redis (the daemon's applied position reached the end).
+    while (metric(s.metrics_port, "walbust_applied_lsn")
+        .first()
+        .map(|m| m.1)
+        .unwrap_or(0.0) as u64)
+        < end.0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let ours = t.elapsed();
+    wait_confirmed(&s.pg, "walbust", end).await;
     let _ = stop.send(());
     let summary = handle.await.unwrap().unwrap();
     println!(

@@ -346,6 +346,10 @@ impl<'a> Session<'a> {
         let mut batch: Vec<Event> = Vec::with_capacity(self.config.batch_events);
         let mut status_timer = tokio::time::interval(self.config.status_interval);
         status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Report newly applied positions promptly (at most every 100 ms), so the slot releases
+        // WAL and `confirmed_flush_lsn` follows the applier closely.
+        let mut ack_timer = tokio::time::interval(Duration::from_millis(100));
+        ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !batch.is_empty() && (batch.len() >= self.config.batch_events || !conn.has_buffered_message()) {
                 let events = std::mem::replace(&mut batch, Vec::with_capacity(self.config.batch_events));
@@ -359,6 +363,11 @@ impl<'a> Session<'a> {
                 _ = shutdown.changed() => return self.finish(conn).await,
                 _ = status_timer.tick() => {
                     self.send_status(&mut conn, false).await?;
+                }
+                _ = ack_timer.tick() => {
+                    if self.ack_position() > self.reported {
+                        self.send_status(&mut conn, false).await?;
+                    }
                 }
                 data = conn.recv_copy_data() => {
                     let Some(data) = data.map_err(|e| classify(e, self.config))? else {
