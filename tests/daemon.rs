@@ -419,3 +419,59 @@ async fn applies_to_a_three_node_redis_cluster() {
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap() {
+    let pg = pg();
+    pg.psql(
+        "app",
+        "CREATE TABLE reviews (id int PRIMARY KEY, product_id int); ALTER PUBLICATION pub ADD TABLE reviews;",
+    )
+    .unwrap();
+    let redis = RedisInstance::start().unwrap();
+    // A DELETE on reviews carries only `id`: this rule cannot render without a fallback.
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        "version: 1\nprefix: \"t:\"\nrules:\n  - name: reviews\n    table: reviews\n    delete: [\"reviews:{product_id}\"]\n",
+    )
+    .unwrap();
+    let cfg = config(&pg, rules.path(), &[&redis], "");
+    let err = walbust::daemon::run(cfg.clone().validate().unwrap(), std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("startup check failed") && err.contains("product_id"),
+        "{err}"
+    );
+    assert!(err.contains("allow_unrenderable"), "{err}");
+
+    // on_gap = bump_epoch: the slot disappears under a running daemon.
+    let rules = rules_dir();
+    let mut cfg = config(&pg, rules.path(), &[&redis], "");
+    cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut c = conn(&redis);
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
+    // Drop the slot under the daemon (walsender first, then the slot).
+    wait_until("slot dropped", || {
+        let _ = pg.psql(
+            "app",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
+        );
+        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
+    });
+    wait_until("epoch bumped", || {
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(1)
+    });
+    // The daemon goes on from the new slot.
+    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
+    wait_until("insert after the gap", || version(&mut c, "t:ver:product:2").is_some());
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}
