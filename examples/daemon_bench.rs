@@ -90,7 +90,7 @@ fn setup() -> Setup {
     config.rules.path = dir.clone();
     config.redis = vec![RedisConfig {
         url: redis.url(),
-        cluster: false,
+        ..RedisConfig::default()
     }];
     config.http.listen = format!("127.0.0.1:{metrics_port}");
     config.shutdown_timeout = "10s".into();

@@ -125,6 +125,9 @@ pub struct RedisConfig {
     /// A Redis Cluster: cluster-aware routing, no cross-slot commands.
     #[serde(default)]
     pub cluster: bool,
+    /// PEM CA certificate to verify a `rediss://` server with (default: system roots).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -266,7 +269,7 @@ impl Config {
                         .filter(|u| !u.trim().is_empty())
                         .map(|u| RedisConfig {
                             url: u.trim().to_string(),
-                            cluster: false,
+                            ..RedisConfig::default()
                         })
                         .collect()
                 }

@@ -198,8 +198,20 @@ pub async fn run(
 
     let mut targets = Vec::new();
     for (i, r) in cfg.redis.iter().enumerate() {
-        let target = RedisTarget::with_mode(&r.url, r.cluster, cfg.apply.delete_command, &cfg.rules.tag_prefix)
-            .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?;
+        let ca = match &r.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                DaemonError::Config(format!("redis[{i}].ca_cert: cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let target = RedisTarget::with_tls(
+            &r.url,
+            r.cluster,
+            ca.clone(),
+            cfg.apply.delete_command,
+            &cfg.rules.tag_prefix,
+        )
+        .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?;
         if r.cluster && rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty()) {
             return Err(DaemonError::Config(format!(
                 "redis[{i}]: delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys"
@@ -462,15 +474,26 @@ fn schedule_redeletes(batch: &Batch, config: &Validated) {
     for (key, delay) in &batch.redelete {
         by_delay.entry(*delay).or_default().push(key.clone());
     }
-    let urls: Vec<(String, bool)> = config.config.redis.iter().map(|r| (r.url.clone(), r.cluster)).collect();
+    let urls: Vec<(String, bool, Option<Vec<u8>>)> = config
+        .config
+        .redis
+        .iter()
+        .map(|r| {
+            (
+                r.url.clone(),
+                r.cluster,
+                r.ca_cert.as_ref().and_then(|p| std::fs::read(p).ok()),
+            )
+        })
+        .collect();
     let command = config.config.apply.delete_command;
     let tag_prefix = config.config.rules.tag_prefix.clone();
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
         for (delay, keys) in by_delay {
             tokio::time::sleep_until(start + delay).await;
-            for (url, cluster) in &urls {
-                if let Ok(mut target) = RedisTarget::with_mode(url, *cluster, command, &tag_prefix) {
+            for (url, cluster, ca) in &urls {
+                if let Ok(mut target) = RedisTarget::with_tls(url, *cluster, ca.clone(), command, &tag_prefix) {
                     if let Err(e) = target.delete_keys(&keys).await {
                         tracing::warn!(target = %target.name, error = %e, keys = keys.len(), "delayed re-delete failed");
                     }

@@ -429,7 +429,10 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         config.redis = args
             .redis
             .into_iter()
-            .map(|url| RedisConfig { url, cluster: false })
+            .map(|url| RedisConfig {
+                url,
+                ..RedisConfig::default()
+            })
             .collect();
     }
     if let Some(l) = args.listen {

@@ -62,7 +62,7 @@ fn config(pg: &PgInstance, rules: &Path, redis: &[&RedisInstance], listen: &str)
         .iter()
         .map(|r| RedisConfig {
             url: r.url(),
-            cluster: false,
+            ..RedisConfig::default()
         })
         .collect();
     c.http.listen = listen.to_string();
@@ -380,6 +380,7 @@ async fn applies_to_a_three_node_redis_cluster() {
     cfg.redis = vec![RedisConfig {
         url: cluster.url(),
         cluster: true,
+        ..RedisConfig::default()
     }];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
@@ -472,6 +473,107 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
     // The daemon goes on from the new slot.
     pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
     wait_until("insert after the gap", || version(&mut c, "t:ver:product:2").is_some());
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_over_tls_with_a_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=walbust test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ];
+    ca.extend(ec);
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
+    csr.extend(ec);
+    run(&csr);
+    std::fs::write(
+        certs.path().join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "ext",
+    ]);
+    let tls_port = free_port().to_string();
+    let cert = certs.path().join("server.crt").display().to_string();
+    let key = certs.path().join("server.key").display().to_string();
+    let redis = RedisInstance::start_with_args(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .expect("redis-server with TLS");
+    let mut plain = conn(&redis);
+    let _: () = plain.set("t:product:7", "cached").unwrap();
+
+    let pg = pg();
+    let rules = rules_dir();
+    let mut cfg = config(&pg, rules.path(), &[], "");
+    cfg.redis = vec![RedisConfig {
+        url: format!("rediss://127.0.0.1:{tls_port}"),
+        ca_cert: Some(certs.path().join("ca.crt")),
+        ..RedisConfig::default()
+    }];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    pg.psql("app", "INSERT INTO products VALUES (7, 1, 'tls')").unwrap();
+    wait_until("applied over TLS", || !plain.exists::<_, bool>("t:product:7").unwrap());
+    assert!(version(&mut plain, "t:ver:product:7").is_some());
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }

@@ -122,6 +122,17 @@ impl RedisTarget {
         delete_command: DeleteCommand,
         tag_prefix: &str,
     ) -> Result<RedisTarget, RedisError> {
+        RedisTarget::with_tls(url, cluster, None, delete_command, tag_prefix)
+    }
+
+    /// `ca_cert`: a PEM root certificate to trust for `rediss://` instead of the system roots.
+    pub fn with_tls(
+        url: &str,
+        cluster: bool,
+        ca_cert: Option<Vec<u8>>,
+        delete_command: DeleteCommand,
+        tag_prefix: &str,
+    ) -> Result<RedisTarget, RedisError> {
         let name = url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
         let err = |source| RedisError::Redis {
             target: name.clone(),
@@ -138,8 +149,18 @@ impl RedisTarget {
                 conn: None,
             }
         } else {
+            let client = match ca_cert {
+                Some(root_cert) => redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                ),
+                None => redis::Client::open(url),
+            };
             Backend::Single {
-                client: redis::Client::open(url).map_err(err)?,
+                client: client.map_err(err)?,
                 conn: None,
             }
         };
