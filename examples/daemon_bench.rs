@@ -33,18 +33,6 @@ rules:
       bump: ["ver:items"]
 "#;
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 struct Setup {
     pg: PgInstance,
     redis: RedisInstance,
@@ -337,7 +325,7 @@ async fn bigtxn(s: &Setup) {
     println!(
         "1,000,000-row transaction applied in {:.2} s (fan-out breaker: rule fallback); peak RSS of the daemon process {:.1} MB",
         t.elapsed().as_secs_f64(),
-        peak_rss_mb()
+        walbust::harness::peak_rss_mb()
     );
     let _ = stop.send(());
     handle.await.unwrap().unwrap();
@@ -365,6 +353,9 @@ async fn main() {
     if phase == "all" || phase == "bigtxn" {
         bigtxn(&s).await;
     }
-    println!("peak RSS of this process (daemon included): {:.1} MB", peak_rss_mb());
+    println!(
+        "peak RSS of this process (daemon included): {:.1} MB",
+        walbust::harness::peak_rss_mb()
+    );
     drop(s.redis);
 }

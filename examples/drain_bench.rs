@@ -20,18 +20,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 async fn drain_walbust(url: &str, slot: &str, end: Lsn) -> (Duration, u64) {
     let start = Instant::now();
     let mut stream = Stream::start(StreamConfig::new(ConnectOptions::parse(url).unwrap(), slot, "bench"));
@@ -166,6 +154,6 @@ async fn main() {
         "ratio walbust / pg_recvlogical: {:.3}; {:.0} changes/s; walbust peak RSS {:.1} MB",
         ours.as_secs_f64() / recv.as_secs_f64(),
         changes as f64 / ours.as_secs_f64(),
-        peak_rss_mb()
+        walbust::harness::peak_rss_mb()
     );
 }

@@ -2,84 +2,18 @@
 //! the test with openssl) against a harness PostgreSQL with its own pg_hba.conf.
 
 use std::path::Path;
-use std::process::Command;
 use walbust::harness::{PgInstance, PgOptions};
 use walbust::stream::conn::{ConnError, ConnectOptions, ReplicationConnection};
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed to generate the test certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A test CA and a server certificate it signed, valid only for `db.internal` (not for
 /// 127.0.0.1 or localhost). Returns (ca.crt, server.crt, server.key).
 fn make_certs(dir: &Path) -> (String, String, String) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-days",
-        "2",
-        "-subj",
-        "/CN=walbust test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    ca.extend([
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&ca, dir);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-subj",
-        "/CN=db.internal",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(&csr, dir);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:db.internal\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    let (ca, cert, key) = walbust::harness::make_test_certs(dir, "DNS:db.internal").unwrap();
+    (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
     )
-    .unwrap();
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            "server.crt",
-            "-extfile",
-            "server.ext",
-        ],
-        dir,
-    );
-    let path = |f: &str| dir.join(f).display().to_string();
-    (path("ca.crt"), path("server.crt"), path("server.key"))
 }
 
 fn postgres_owned(dir: &Path, files: &[&str]) {

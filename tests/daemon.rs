@@ -480,71 +480,9 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_over_tls_with_a_configured_ca() {
     let certs = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(certs.path())
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=walbust test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ];
-    ca.extend(ec);
-    ca.extend([
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&ca);
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ];
-    csr.extend(ec);
-    run(&csr);
-    std::fs::write(
-        certs.path().join("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        "server.crt",
-        "-extfile",
-        "ext",
-    ]);
+    let (ca_cert, cert, key) = walbust::harness::make_test_certs(certs.path(), "IP:127.0.0.1").unwrap();
     let tls_port = free_port().to_string();
-    let cert = certs.path().join("server.crt").display().to_string();
-    let key = certs.path().join("server.key").display().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let redis = RedisInstance::start_with_args(&[
         "--tls-port",
         &tls_port,
@@ -564,7 +502,7 @@ async fn applies_over_tls_with_a_configured_ca() {
     let mut cfg = config(&pg, rules.path(), &[], "");
     cfg.redis = vec![RedisConfig {
         url: format!("rediss://127.0.0.1:{tls_port}"),
-        ca_cert: Some(certs.path().join("ca.crt")),
+        ca_cert: Some(ca_cert),
         ..RedisConfig::default()
     }];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
