@@ -7,6 +7,7 @@
 //! [`harness`] starts throwaway PostgreSQL and Redis servers for tests and demos.
 
 pub mod capture;
+pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod daemon;

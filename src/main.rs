@@ -45,6 +45,32 @@ enum Command {
     Setup(SetupArgs),
     /// Run the daemon: stream committed changes and apply invalidations to Redis.
     Run(RunArgs),
+    /// Print a Markdown catalogue of every key, tag and version key the rules invalidate.
+    Docs(DocsArgs),
+    /// Which rules and templates can produce a key, from which columns — and which writes (don't) invalidate it.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct DocsArgs {
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Exit with status 1 when --out differs from what the rules generate (for CI).
+    #[arg(long, requires = "out")]
+    check: bool,
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// The cache key as it appears in Redis, e.g. shop:product:42
+    key: String,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(clap::Args)]
@@ -194,6 +220,8 @@ fn main() -> ExitCode {
         Command::Record(args) => record(args),
         Command::Setup(args) => setup(args),
         Command::Run(args) => run_daemon(args),
+        Command::Docs(args) => docs(args),
+        Command::Explain(args) => explain(args),
     };
     match result {
         Ok(code) => code,
@@ -470,4 +498,61 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn docs(args: DocsArgs) -> Result<ExitCode> {
+    let Some(loaded) = load_rules(Some(&args.rules))? else {
+        return Ok(ExitCode::from(1));
+    };
+    let text = walbust::catalog::markdown(&loaded.rules);
+    match &args.out {
+        None => print!("{text}"),
+        Some(path) if args.check => {
+            let current = std::fs::read_to_string(path).unwrap_or_default();
+            if current != text {
+                eprintln!(
+                    "{} is out of date with the rules; regenerate it with `walbust docs --rules {} --out {}`",
+                    path.display(),
+                    args.rules.display(),
+                    path.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(args: ExplainArgs) -> Result<ExitCode> {
+    let Some(loaded) = load_rules(Some(&args.rules))? else {
+        return Ok(ExitCode::from(1));
+    };
+    let found = walbust::catalog::explain(&loaded.rules, &args.key);
+    match args.format {
+        Format::Text => print!("{}", walbust::catalog::explain_text(&args.key, &found)),
+        Format::Json => {
+            let items: Vec<serde_json::Value> = found
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "rule": e.rule,
+                        "table": e.table,
+                        "kind": e.kind.field(),
+                        "template": e.template,
+                        "values": e.values.iter().map(|(c, v)| serde_json::json!({"column": c, "value": v})).collect::<Vec<_>>(),
+                        "fallback": e.fallback,
+                        "operations": e.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>(),
+                        "notes": e.notes,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&items)?);
+        }
+    }
+    Ok(if found.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -167,3 +167,37 @@ fn bad_samples_name_the_line_and_keep_going_skips() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout.contains("UNRENDERABLE"), "{stdout}");
 }
+
+#[test]
+fn key_catalogue_is_current_and_explain_finds_rules() {
+    // docs/keys.md is generated from rules/: CI fails when they drift apart.
+    let out = walbust(
+        &["docs", "--rules", "rules", "--out", "docs/keys.md", "--check"],
+        repo(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = walbust(
+        &[
+            "explain",
+            "--rules",
+            "rules",
+            "shop:product:42:json",
+            "--format",
+            "json",
+        ],
+        repo(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let items: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let items = items.as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["rule"] == "product-detail" && i["values"][0]["value"] == "42"),
+        "{items:?}"
+    );
+    let out = walbust(&["explain", "--rules", "rules", "nobody:makes:this"], repo());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).0.contains("no rule produces"));
+}
