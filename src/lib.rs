@@ -20,4 +20,5 @@ pub mod record;
 pub mod rules;
 pub mod sample;
 pub mod sink;
+pub mod status;
 pub mod stream;

@@ -45,10 +45,26 @@ enum Command {
     Setup(SetupArgs),
     /// Run the daemon: stream committed changes and apply invalidations to Redis.
     Run(RunArgs),
+    /// Show the slot (active pid, confirmed position, lag, retained WAL, wal_status) and the publication.
+    Status(StatusArgs),
     /// Print a Markdown catalogue of every key, tag and version key the rules invalidate.
     Docs(DocsArgs),
     /// Which rules and templates can produce a key, from which columns — and which writes (don't) invalidate it.
     Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[arg(long, env = "WALBUST_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    db: Option<String>,
+    #[arg(long)]
+    slot: Option<String>,
+    #[arg(long)]
+    publication: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(clap::Args)]
@@ -220,6 +236,7 @@ fn main() -> ExitCode {
         Command::Record(args) => record(args),
         Command::Setup(args) => setup(args),
         Command::Run(args) => run_daemon(args),
+        Command::Status(args) => status(args),
         Command::Docs(args) => docs(args),
         Command::Explain(args) => explain(args),
     };
@@ -554,5 +571,46 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    use walbust::config::Config;
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(std::env::vars().filter(|(k, _)| {
+        matches!(
+            k.as_str(),
+            "WALBUST_DB" | "WALBUST_POSTGRES_URL" | "WALBUST_SLOT" | "WALBUST_PUBLICATION"
+        )
+    }))?;
+    if let Some(db) = args.db {
+        config.postgres.url = db;
+    }
+    if let Some(slot) = args.slot {
+        config.postgres.slot = slot;
+    }
+    if let Some(p) = args.publication {
+        config.postgres.publication = p;
+    }
+    if config.postgres.url.is_empty() {
+        anyhow::bail!("no database given; pass --config walbust.toml, --db or WALBUST_DB");
+    }
+    let connect = walbust::stream::conn::ConnectOptions::parse(&config.postgres.url)?;
+    let status = runtime()?.block_on(walbust::status::read(
+        &connect,
+        &config.postgres.slot,
+        &config.postgres.publication,
+    ))?;
+    match args.format {
+        Format::Text => print!("{}", walbust::status::text(&status)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+    }
+    Ok(if status.slot_exists && status.publication_exists {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

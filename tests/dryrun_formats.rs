@@ -235,3 +235,42 @@ fn check_db_reports_replica_identity_and_publication_findings() {
     assert!(stderr.contains("column `nope` does not exist"), "{stderr}");
     assert!(stderr.contains("add a `fallback`"), "{stderr}");
 }
+
+#[test]
+fn status_reports_slot_and_publication() {
+    let pg = setup();
+    let status = |slot: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walbust"))
+            .args([
+                "status",
+                "--db",
+                &pg.url("catalog"),
+                "--slot",
+                slot,
+                "--publication",
+                "walbust_catalog",
+            ])
+            .args(["--format", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = status("walbust");
+    assert_eq!(out.status.code(), Some(1), "no slot yet");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["slot_exists"], false);
+    assert_eq!(json["publication_tables"].as_array().unwrap().len(), 6);
+    pg.psql(
+        "catalog",
+        "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')",
+    )
+    .unwrap();
+    pg.psql("catalog", "UPDATE products SET price_cents = price_cents + 1")
+        .unwrap();
+    let out = status("walbust");
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["plugin"], "pgoutput");
+    assert!(json["lag_bytes"].as_i64().unwrap() >= 0, "{json}");
+    assert!(json["retained_wal_bytes"].as_i64().unwrap() > 0, "{json}");
+    assert_eq!(json["wal_status"], "reserved");
+}
