@@ -609,7 +609,9 @@ impl ReplicationConnection {
             let msg = self.recv().await?;
             match msg.tag {
                 b'd' => return Ok(Some(msg.body)),
-                b'c' => return Ok(None),
+                // The server ended the copy (CopyDone), possibly followed by CommandComplete and
+                // ReadyForQuery (e.g. a walsender shutting down): the stream is over.
+                b'c' | b'C' | b'Z' => return Ok(None),
                 b'E' => return Err(ConnError::Server(parse_error(msg.body)?)),
                 b'N' | b'S' => {}
                 other => {
