@@ -47,6 +47,8 @@ enum Command {
     Run(RunArgs),
     /// Show the slot (active pid, confirmed position, lag, retained WAL, wal_status) and the publication.
     Status(StatusArgs),
+    /// Print the JSON Schema of the rules format (for editors and CI).
+    Schema,
     /// Print a Markdown catalogue of every key, tag and version key the rules invalidate.
     Docs(DocsArgs),
     /// Which rules and templates can produce a key, from which columns — and which writes (don't) invalidate it.
@@ -237,6 +239,13 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup(args),
         Command::Run(args) => run_daemon(args),
         Command::Status(args) => status(args),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rules::schema::rules_schema()).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Docs(args) => docs(args),
         Command::Explain(args) => explain(args),
     };

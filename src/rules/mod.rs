@@ -6,6 +6,7 @@
 
 pub mod eval;
 pub mod load;
+pub mod schema;
 pub mod template;
 pub mod yaml;
 
