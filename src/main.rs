@@ -49,6 +49,13 @@ enum Command {
     Status(StatusArgs),
     /// Print the JSON Schema of the rules format (for editors and CI).
     Schema,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Print a Markdown catalogue of every key, tag and version key the rules invalidate.
     Docs(DocsArgs),
     /// Which rules and templates can produce a key, from which columns — and which writes (don't) invalidate it.
@@ -239,6 +246,22 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup(args),
         Command::Run(args) => run_daemon(args),
         Command::Status(args) => status(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "walbust",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match man.render(&mut std::io::stdout()) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Schema => {
             println!(
                 "{}",

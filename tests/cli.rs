@@ -201,3 +201,16 @@ fn key_catalogue_is_current_and_explain_finds_rules() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).0.contains("no rule produces"));
 }
+
+#[test]
+fn completions_and_man_page() {
+    let out = walbust(&["completions", "bash"], repo());
+    assert!(out.status.success());
+    assert!(
+        text(&out).0.contains("dry-run"),
+        "bash completion knows the subcommands"
+    );
+    let out = walbust(&["man"], repo());
+    assert!(out.status.success());
+    assert!(text(&out).0.contains(".TH walbust"), "{}", text(&out).0);
+}
