@@ -12,6 +12,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dryrun;
 pub mod harness;
 pub mod metrics;

@@ -47,6 +47,8 @@ enum Command {
     Run(RunArgs),
     /// Show the slot (active pid, confirmed position, lag, retained WAL, wal_status) and the publication.
     Status(StatusArgs),
+    /// Watch it live: throwaway PostgreSQL and Redis, the catalog rules, scripted writes and their invalidations.
+    Demo,
     /// Print the JSON Schema of the rules format (for editors and CI).
     Schema,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -225,8 +227,8 @@ const BUNDLED_SAMPLE: &str = "samples/catalog.wal2json.jsonl";
 const EMBEDDED_RULES: &str = include_str!("../rules/catalog.yaml");
 const EMBEDDED_SAMPLE: &str = include_str!("../samples/catalog.wal2json.jsonl");
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -238,7 +240,13 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo prints its own report; only errors from the daemon inside it are of interest.
+    let default_level = if matches!(cli.command, Command::Demo) {
+        "error"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default_level);
     let result = match cli.command {
         Command::DryRun(args) => dry_run(args),
         Command::Check(args) => check(args),
@@ -262,6 +270,13 @@ fn main() -> ExitCode {
                 Err(e) => Err(e.into()),
             }
         }
+        Command::Demo => (|| -> Result<ExitCode> {
+            runtime()?.block_on(async {
+                let mut out = std::io::stdout();
+                walbust::demo::run(&mut out).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Schema => {
             println!(
                 "{}",

@@ -1,0 +1,207 @@
+//! `walbust demo`: a throwaway PostgreSQL (wal_level=logical) and redis-server from the
+//! machine's binaries, the catalog schema and rules, the daemon, and a scripted series of
+//! writes — printing, for each, the SQL, the keys that disappeared or changed version, and how
+//! long it took from COMMIT to Redis. Everything is cleaned up afterwards.
+
+use crate::config::{Config, RedisConfig};
+use crate::harness::{PgInstance, RedisInstance};
+use crate::model::Lsn;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const MIGRATIONS: [(&str, &str); 2] = [
+    ("001_catalog.sql", include_str!("../migrations/001_catalog.sql")),
+    ("002_seed.sql", include_str!("../migrations/002_seed.sql")),
+];
+const RULES: &str = include_str!("../rules/catalog.yaml");
+
+const STEPS: [(&str, &str); 6] = [
+    ("an admin changes a price", "UPDATE products SET price_cents = 1299 WHERE id = 1;"),
+    ("a product moves from mugs to kettles", "UPDATE products SET category_id = 3 WHERE id = 2;"),
+    ("a customer adds a review", "INSERT INTO reviews (id, product_id, rating, body) VALUES (500, 3, 5, 'Lovely');"),
+    ("a moderator deletes a review (DEFAULT identity: fallback)", "DELETE FROM reviews WHERE id = 1;"),
+    (
+        "a batch job reprices the garden tools",
+        "UPDATE prices SET amount = round(amount * 1.10, 2) WHERE product_id IN (SELECT id FROM products WHERE category_id = 5);",
+    ),
+    ("the recommendations job starts over", "TRUNCATE recommendations;"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}\nthe demo needs PostgreSQL server binaries (with wal_level=logical support) and redis-server: `apt-get install -y postgresql redis-server`")]
+    Harness(#[from] crate::harness::HarnessError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the daemon stopped: {0}")]
+    Daemon(String),
+    #[error("cannot write: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn snapshot(conn: &mut redis::Connection) -> Result<BTreeMap<String, String>, redis::RedisError> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("shop:*").query(conn)?;
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(conn)?;
+        let value = if kind == "string" {
+            redis::cmd("GET")
+                .arg(&key)
+                .query::<Option<String>>(conn)?
+                .unwrap_or_default()
+        } else {
+            format!("({kind})")
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// Fills the cache the way an application would after reading every page once.
+fn warm(conn: &mut redis::Connection) -> Result<(), redis::RedisError> {
+    let mut pipe = redis::pipe();
+    for id in 1..=20 {
+        pipe.set(format!("shop:product:{id}"), "<html>").ignore();
+        pipe.set(format!("shop:product:{id}:json"), "{}").ignore();
+        pipe.set(format!("shop:product:sku:SKU-{id:04}"), "{}").ignore();
+        pipe.set(format!("shop:price:{id}:EUR"), "1").ignore();
+        pipe.set(format!("shop:price:{id}:USD"), "1").ignore();
+        pipe.set(format!("shop:stock:{id}"), "1").ignore();
+        pipe.set(format!("shop:reviews:{id}"), "[]").ignore();
+        pipe.set(format!("shop:recs:{id}"), "[]").ignore();
+    }
+    for c in 1..=6 {
+        let page = format!("shop:page:category:{c}:1");
+        pipe.set(&page, "<html>").ignore();
+        pipe.sadd(format!("shop:tag:category:{c}"), &page).ignore();
+        pipe.set(format!("shop:category:{c}:page"), "<html>").ignore();
+    }
+    pipe.set("shop:nav:tree", "<nav>").ignore();
+    pipe.query(conn)
+}
+
+fn insert_lsn(pg: &PgInstance) -> Result<Lsn, DemoError> {
+    let text = pg.psql("catalog", "SELECT pg_current_wal_insert_lsn()")?;
+    Lsn::parse(text.trim()).ok_or_else(|| DemoError::Other(format!("unexpected LSN `{}`", text.trim())))
+}
+
+/// Runs the demo, writing the report to `out`.
+pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    writeln!(
+        out,
+        "starting a throwaway PostgreSQL (wal_level=logical) and redis-server …"
+    )?;
+    // synchronous_commit=on: WAL reaches the walsender at COMMIT, as on a production primary.
+    let pg = PgInstance::start_with(crate::harness::PgOptions {
+        extra_conf: vec![("synchronous_commit".into(), "on".into())],
+        ..Default::default()
+    })?;
+    let redis = RedisInstance::start()?;
+    pg.create_database("catalog")?;
+    for (_, sql) in MIGRATIONS {
+        pg.psql("catalog", sql)?;
+    }
+    pg.psql(
+        "catalog",
+        "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')",
+    )?;
+    let rules_dir = std::env::temp_dir().join(format!("walbust-demo-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&rules_dir)?;
+    std::fs::write(rules_dir.join("catalog.yaml"), RULES)?;
+
+    let mut config = Config::default();
+    config.postgres.url = pg.url("catalog");
+    config.postgres.publication = "walbust_catalog".into();
+    config.rules.path = rules_dir.clone();
+    config.redis = vec![RedisConfig {
+        url: redis.url(),
+        ..RedisConfig::default()
+    }];
+    config.http.listen = String::new();
+    config.shutdown_timeout = "5s".into();
+    let validated = config.validate().map_err(|e| DemoError::Other(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(crate::daemon::run(validated, async {
+        let _ = stop_rx.await;
+    }));
+    writeln!(
+        out,
+        "PostgreSQL on port {}, Redis on port {}; walbust is streaming slot `walbust` with rules/catalog.yaml\n",
+        pg.port(),
+        redis.port()
+    )?;
+
+    let mut conn = redis::Client::open(redis.url())?.get_connection()?;
+    warm(&mut conn)?;
+    let slot_confirmed = |pg: &PgInstance| -> Result<Lsn, DemoError> {
+        let text = pg.psql(
+            "catalog",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'",
+        )?;
+        Ok(Lsn::parse(text.trim()).unwrap_or_default())
+    };
+    for (i, (what, sql)) in STEPS.iter().enumerate() {
+        let before = snapshot(&mut conn)?;
+        writeln!(out, "{}. {what}\n   SQL: {sql}", i + 1)?;
+        let start = Instant::now();
+        pg.psql("catalog", sql)?;
+        let committed = start.elapsed();
+        // Watch Redis until the invalidation shows, then wait for the acknowledgement.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut invalidated = None;
+        loop {
+            if invalidated.is_none() && snapshot(&mut conn)? != before {
+                invalidated = Some(start.elapsed());
+            }
+            if invalidated.is_some() && slot_confirmed(&pg)? >= insert_lsn(&pg)? {
+                break;
+            }
+            if Instant::now() > deadline || daemon.is_finished() {
+                return Err(DemoError::Other("walbust did not apply the change within 20 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let applied = invalidated.unwrap_or_default();
+        let acknowledged = start.elapsed();
+        let after = snapshot(&mut conn)?;
+        let gone: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+        let bumped: Vec<String> = after
+            .iter()
+            .filter(|(k, v)| k.contains(":ver:") && before.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        if !gone.is_empty() {
+            let list: Vec<&str> = gone.iter().map(|s| s.as_str()).collect();
+            writeln!(out, "   deleted: {}", list.join(", "))?;
+        }
+        if !bumped.is_empty() {
+            writeln!(out, "   version keys: {}", bumped.join(", "))?;
+        }
+        writeln!(
+            out,
+            "   psql returned after {:.1} ms; Redis changed after {:.1} ms; PostgreSQL had the acknowledgement after {:.1} ms\n",
+            committed.as_secs_f64() * 1000.0,
+            applied.as_secs_f64() * 1000.0,
+            acknowledged.as_secs_f64() * 1000.0
+        )?;
+        // Refill for the next step, as readers would.
+        warm(&mut conn)?;
+    }
+    let _ = stop_tx.send(());
+    match daemon.await {
+        Ok(Ok(summary)) => writeln!(
+            out,
+            "walbust applied {} transaction(s) in {} batch(es); cleaning up.",
+            summary.transactions, summary.batches
+        )?,
+        Ok(Err(e)) => return Err(DemoError::Daemon(e.to_string())),
+        Err(e) => return Err(DemoError::Daemon(e.to_string())),
+    }
+    let _ = std::fs::remove_dir_all(&rules_dir);
+    drop(redis);
+    drop(pg);
+    Ok(())
+}
