@@ -38,7 +38,8 @@ return 1
 ";
 
 /// What to read: a cache key, the version keys its data depends on, and its tags — all
-/// without the rules prefix (`product:42`, `ver:product:42`, `category:5`).
+/// without the rules prefix (`product:42`, `ver:product:42`, `category:5`). With no version
+/// keys the entry is plain: stored under exactly `<prefix><key>`, for `delete` rules.
 #[derive(Clone, Debug)]
 pub struct Entry<'a> {
     pub key: &'a str,
@@ -103,7 +104,16 @@ impl CacheClient {
     }
 
     /// The versioned key and the cached value, if any (one round trip).
+    ///
+    /// An entry without version keys is a *plain* entry: it is read and filled under exactly
+    /// `<prefix><key>`, the name a `delete` rule renders, with no epoch (so the epoch does not
+    /// cover it: use version keys where a gap or a cold Redis must invalidate everything).
     pub async fn read(&mut self, entry: &Entry<'_>) -> redis::RedisResult<(String, Option<String>)> {
+        if entry.versions.is_empty() {
+            let key = format!("{}{}", self.prefix, entry.key);
+            let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut self.conn).await?;
+            return Ok((key, value));
+        }
         let mut invocation = self.read.key(&self.epoch_key);
         for v in entry.versions {
             invocation.key(format!("{}{v}", self.prefix));

@@ -211,7 +211,8 @@ pub async fn run(
             cfg.apply.delete_command,
             &cfg.rules.tag_prefix,
         )
-        .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?;
+        .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?
+        .with_epoch_key(&cfg.apply.epoch_key);
         if r.cluster && rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty()) {
             return Err(DaemonError::Config(format!(
                 "redis[{i}]: delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys"
@@ -396,6 +397,8 @@ struct Shared {
     applied: std::sync::atomic::AtomicU64,
 }
 
+const IDLE_PING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The apply task: takes batches in order, applies each to every target (retrying), then
 /// acknowledges its last commit's end LSN.
 struct Applier {
@@ -414,7 +417,26 @@ impl Applier {
         // One batch applying, one waiting: bounded memory, overlap of planning and applying.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
         let task = tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
+            loop {
+                // Idle: ping every target each second, so a Redis that restarted empty is noticed
+                // (and given a fresh epoch) within a second, not at the next write.
+                let batch = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(_) => {
+                        for target in targets.iter_mut() {
+                            let resets = target.epoch_resets;
+                            if let Err(e) = target.ping().await {
+                                tracing::debug!(target = %target.name, error = %e, "idle ping failed");
+                            }
+                            metrics
+                                .epoch_resets
+                                .fetch_add(target.epoch_resets - resets, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                };
+                let resets: u64 = targets.iter().map(|t| t.epoch_resets).sum();
                 let give_up = || {
                     let at = shared.give_up_at.load(Ordering::SeqCst);
                     at != 0 && now_micros() >= at
@@ -425,6 +447,8 @@ impl Applier {
                     );
                     break;
                 }
+                let after: u64 = targets.iter().map(|t| t.epoch_resets).sum();
+                metrics.epoch_resets.fetch_add(after - resets, Ordering::Relaxed);
                 let now = now_micros();
                 for t in &batch.commit_times {
                     metrics.latency(((now - t.0).max(0) as f64) / 1e6);

@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod catalog;
+pub mod chaos;
 pub mod check;
 pub mod client;
 pub mod config;

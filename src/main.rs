@@ -62,6 +62,34 @@ enum Command {
     Docs(DocsArgs),
     /// Which rules and templates can produce a key, from which columns — and which writes (don't) invalidate it.
     Explain(ExplainArgs),
+    /// Consistency under faults: writers, cache-aside readers, kill -9/restarts/outages; counts stale entries and lost invalidations.
+    Chaos(ChaosArgs),
+}
+
+#[derive(clap::Args)]
+struct ChaosArgs {
+    /// The CI variant (every fault once, about two minutes) instead of the published run.
+    #[arg(long)]
+    short: bool,
+    /// Fault cycles (default: 6 short, 24 full).
+    #[arg(long)]
+    cycles: Option<usize>,
+    /// Seconds of workload between faults.
+    #[arg(long)]
+    cycle_seconds: Option<u64>,
+    /// Keep writing until at least this many transactions committed (default: 0 short, 100000 full).
+    #[arg(long)]
+    min_writes: Option<u64>,
+    #[arg(long)]
+    writers: Option<usize>,
+    #[arg(long)]
+    readers: Option<usize>,
+    /// Keep walbust's logs here (default: a temp dir, printed).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Print the report as JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -231,6 +259,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -277,6 +307,7 @@ fn main() -> ExitCode {
             })?;
             Ok(ExitCode::SUCCESS)
         })(),
+        Command::Chaos(args) => chaos(args),
         Command::Schema => {
             println!(
                 "{}",
@@ -417,6 +448,42 @@ fn summarize(diagnostics: &[Diagnostic], rules: usize) -> usize {
         println!("{errors} error(s), {warnings} warning(s)");
     }
     errors
+}
+
+fn chaos(args: ChaosArgs) -> Result<ExitCode> {
+    let bin = std::env::current_exe().context("cannot find the walbust executable to run as the daemon")?;
+    let mut options = if args.short {
+        walbust::chaos::ChaosOptions::short(bin)
+    } else {
+        walbust::chaos::ChaosOptions::full(bin)
+    };
+    options.cycles = args.cycles.unwrap_or(options.cycles);
+    options.cycle = args
+        .cycle_seconds
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(options.cycle);
+    options.min_writes = args.min_writes.unwrap_or(options.min_writes);
+    options.writers = args.writers.unwrap_or(options.writers);
+    options.readers = args.readers.unwrap_or(options.readers);
+    options.log_dir = args.log_dir;
+    let report = runtime()?.block_on(async {
+        let mut progress = std::io::stderr();
+        walbust::chaos::run(options, &mut progress).await
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    let failures = report.failures();
+    for f in &failures {
+        eprintln!("FAILED: {f}");
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub batches: AtomicU64,
     pub reconnects: AtomicU64,
     pub epoch_bumps: AtomicU64,
+    /// New connections that found a target without its epoch key (restarted empty).
+    pub epoch_resets: AtomicU64,
     pub applied_lsn: AtomicU64,
     pub server_wal_end: AtomicU64,
     pub slot_retained_wal_bytes: AtomicU64,
@@ -253,6 +255,12 @@ impl Metrics {
                 "counter",
                 "Global epoch bumps after a gap in the slot's history.",
                 self.epoch_bumps.load(Ordering::Relaxed),
+            ),
+            (
+                "walbust_redis_epoch_resets_total",
+                "counter",
+                "Redis connections that found the epoch key missing (target new or restarted empty) and set a fresh epoch.",
+                self.epoch_resets.load(Ordering::Relaxed),
             ),
             (
                 "walbust_applied_lsn",

@@ -73,3 +73,32 @@ async fn cache_aside_with_versions_tags_and_epoch() {
         .unwrap_err();
     assert!(err.to_string().contains("db down"));
 }
+
+/// Regression: an entry without version keys used to be stored as `<key>:e0`, a name no
+/// `delete` rule renders, so walbust's deletes never reached it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_entries_live_under_the_exact_key_a_delete_rule_names() {
+    let redis = RedisInstance::start().unwrap();
+    let mut client = CacheClient::connect(&redis.url(), "shop:").await.unwrap();
+    let entry = Entry {
+        key: "product:42",
+        versions: &[],
+        tags: &["category:5"],
+    };
+    let load = |v: &'static str| move || async move { Ok::<_, String>(v.to_string()) };
+    client.get_or_load(&entry, load("v1")).await.unwrap();
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let value: Option<String> = redis::cmd("GET").arg("shop:product:42").query(&mut raw).unwrap();
+    assert_eq!(value.as_deref(), Some("v1"));
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("shop:tag:category:5")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(members, vec!["shop:product:42".to_string()]);
+    // What the daemon does for `delete: ["product:{id}"]`.
+    let _: i64 = redis::cmd("UNLINK").arg("shop:product:42").query(&mut raw).unwrap();
+    assert_eq!(
+        client.get_or_load(&entry, load("v2")).await.unwrap(),
+        ("v2".into(), Source::Loaded)
+    );
+}

@@ -459,6 +459,9 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
     let mut c = conn(&redis);
     pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
     wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
+    // The daemon gave the new target a fresh epoch when it connected.
+    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
+    assert!(epoch > 1_000_000_000_000_000, "a microsecond timestamp: {epoch}");
     // Drop the slot under the daemon (walsender first, then the slot).
     wait_until("slot dropped", || {
         let _ = pg.psql(
@@ -468,7 +471,7 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
         pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
     });
     wait_until("epoch bumped", || {
-        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(1)
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 1)
     });
     // The daemon goes on from the new slot.
     pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
@@ -512,6 +515,40 @@ async fn applies_over_tls_with_a_configured_ca() {
     pg.psql("app", "INSERT INTO products VALUES (7, 1, 'tls')").unwrap();
     wait_until("applied over TLS", || !plain.exists::<_, bool>("t:product:7").unwrap());
     assert!(version(&mut plain, "t:ver:product:7").is_some());
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+/// Regression: after a Redis restart without persistence the version keys are gone, readers
+/// fall back to version 0, and an entry loaded before the restart could be filled back under
+/// it and served stale (found by `walbust chaos`). The daemon now notices the missing epoch key
+/// — within a second even when idle — and sets a fresh one, which no earlier entry carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_gets_a_fresh_epoch_even_when_idle() {
+    let pg = pg();
+    let mut redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let cfg = config(&pg, rules.path(), &[&redis], "");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut c = conn(&redis);
+    let mut first = None;
+    wait_until("epoch set at start", || {
+        first = c.get::<_, Option<i64>>("walbust:epoch").unwrap();
+        first.is_some()
+    });
+    redis.restart().unwrap();
+    let mut c = conn(&redis);
+    let started = Instant::now();
+    let mut second = None;
+    wait_until("fresh epoch after the restart", || {
+        second = c.get::<_, Option<i64>>("walbust:epoch").unwrap();
+        second.is_some()
+    });
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(second > first, "{second:?} after {first:?}");
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }

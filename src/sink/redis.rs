@@ -92,6 +92,18 @@ pub struct RedisTarget {
     bump: redis::Script,
     tag: redis::Script,
     pub round_trips: u64,
+    /// When set, every new connection makes sure this epoch key exists (see
+    /// [`RedisTarget::with_epoch_key`]).
+    epoch_key: Option<String>,
+    /// How often a new connection found the epoch key missing (a fresh or restarted target).
+    pub epoch_resets: u64,
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
 }
 
 /// The URL without its password.
@@ -172,7 +184,20 @@ impl RedisTarget {
             bump: redis::Script::new(BUMP_SCRIPT),
             tag: redis::Script::new(TAG_SCRIPT),
             round_trips: 0,
+            epoch_key: None,
+            epoch_resets: 0,
         })
+    }
+
+    /// Makes every new connection check that the epoch key exists and, when it does not, set it
+    /// to the current time in microseconds. A Redis that restarted without persistence (or was
+    /// flushed) has lost its version keys, and readers would fall back to version 0 — where an
+    /// entry loaded before the restart can be filled back after it. A fresh epoch value, never
+    /// used before, makes every such entry unreachable. Microseconds rather than `INCR` from
+    /// nothing, because a second cold restart would otherwise land on the same epoch again.
+    pub fn with_epoch_key(mut self, key: &str) -> RedisTarget {
+        self.epoch_key = Some(key.to_string());
+        self
     }
 
     fn err(&self, source: redis::RedisError) -> RedisError {
@@ -194,22 +219,42 @@ impl RedisTarget {
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .map(|c| {
-                        *conn = Some(c.clone());
-                        Conn::Single(c)
-                    })
+                    .map(Conn::Single)
             }
             Backend::Cluster { client, conn } => {
                 if let Some(c) = conn {
                     return Ok(Conn::Cluster(c.clone()));
                 }
-                client.get_async_connection().await.map(|c| {
-                    *conn = Some(c.clone());
-                    Conn::Cluster(c)
-                })
+                client.get_async_connection().await.map(Conn::Cluster)
             }
         };
-        result.map_err(|e| self.err(e))
+        let mut fresh = result.map_err(|e| self.err(e))?;
+        if let Some(key) = self.epoch_key.clone() {
+            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(&key)
+                .arg(now_micros())
+                .arg("NX")
+                .query_async(&mut fresh)
+                .await;
+            match set {
+                Ok(Some(_)) => {
+                    self.epoch_resets += 1;
+                    tracing::warn!(
+                        target = %self.name,
+                        epoch_key = %key,
+                        "redis target has no epoch key (new, flushed or restarted without persistence); set a fresh epoch so entries filled before are never read again"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        match (&mut self.backend, &fresh) {
+            (Backend::Single { conn, .. }, Conn::Single(c)) => *conn = Some(c.clone()),
+            (Backend::Cluster { conn, .. }, Conn::Cluster(c)) => *conn = Some(c.clone()),
+            _ => {}
+        }
+        Ok(fresh)
     }
 
     pub fn is_cluster(&self) -> bool {
