@@ -307,6 +307,8 @@ struct Shared {
     reads: AtomicU64,
     write_errors: AtomicU64,
     read_errors: AtomicU64,
+    /// Committed transactions per [`WriteKind`].
+    committed_by_kind: [AtomicU64; 7],
     /// Highest product id inserted so far (readers read those too).
     max_inserted: AtomicI64,
     /// Probe suffix (`probe:p:17`) → when its transaction's COMMIT was sent.
@@ -361,6 +363,8 @@ pub struct ChaosReport {
     pub write_errors: u64,
     pub read_errors: u64,
     pub ambiguous_commits: u64,
+    /// Committed transactions per kind of write (price, move, insert, …).
+    pub committed_by_kind: Vec<(String, u64)>,
     pub quiesce_ms: u64,
     pub faults: Vec<FaultRecord>,
     pub modes: Vec<ModeReport>,
@@ -370,6 +374,13 @@ impl ChaosReport {
     /// What fails the run: any lost invalidation, any stale entry with version keys.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for (kind, n) in &self.committed_by_kind {
+            if *n == 0 {
+                out.push(format!(
+                    "no `{kind}` write committed: the workload did not run as designed"
+                ));
+            }
+        }
         for m in &self.modes {
             if m.mode == Mode::Control.label() {
                 // Probes set before a Redis cold restart are wiped by it, so not all of them stay.
@@ -411,6 +422,13 @@ impl ChaosReport {
             self.quiesce_ms,
             self.ambiguous_commits
         );
+        let kinds: Vec<String> = self.committed_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        s.push_str(&format!(
+            "transactions by kind: {}; failed attempts (rolled back, retried): {} writes, {} reads\n\n",
+            kinds.join(", "),
+            self.write_errors,
+            self.read_errors
+        ));
         s.push_str("| mode | stale entries at the end | entries checked | invalidations checked | lost | measured | ≤ 100 ms | ≤ 1 s | ≤ 10 s | p50 | p99 | max |\n");
         s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for m in &self.modes {
@@ -568,6 +586,7 @@ async fn connect_db(url: &str) -> Result<tokio_postgres::Client, tokio_postgres:
 }
 
 /// What one write transaction did.
+#[derive(Clone, Copy)]
 enum WriteKind {
     Price,
     Move,
@@ -575,7 +594,10 @@ enum WriteKind {
     Delete,
     Recs,
     Bulk,
+    Truncate,
 }
+
+const WRITE_KINDS: [&str; 7] = ["price", "move", "insert", "delete", "recs", "bulk", "truncate"];
 
 /// One write transaction: the change, its probes set in Redis, then COMMIT.
 async fn write_once(
@@ -620,7 +642,7 @@ async fn write_once(
                 .get(0);
             let row = tx
                 .query_one(
-                    "INSERT INTO products (id, category_id, sku, name, price_cents) VALUES ($1, $2, 'CH-' || $1, 'new ' || $1, 500) RETURNING rev",
+                    "INSERT INTO products (id, category_id, sku, name, price_cents) VALUES ($1, $2, 'CH-' || $1::bigint, 'new ' || $1::bigint, 500) RETURNING rev",
                     &[&new_id, &category],
                 )
                 .await
@@ -651,6 +673,8 @@ async fn write_once(
             let probes = rows.iter().map(|r| format!("probe:r:{}", r.get::<_, i64>(0))).collect();
             (probes, rows.len() as u64)
         }
+        // Written by the truncater task, never picked here.
+        WriteKind::Truncate => (Vec::new(), 0),
         WriteKind::Bulk => {
             let residue = rng.below(4) as i64;
             let rows = tx
@@ -664,7 +688,7 @@ async fn write_once(
             (probes, rows.len() as u64)
         }
     };
-    commit_with_probes(tx, redis, shared, probes, rows).await
+    commit_with_probes(tx, redis, shared, probes, rows, kind).await
 }
 
 /// Sets the probes of every mode, then commits; registers the probes with the COMMIT time.
@@ -674,6 +698,7 @@ async fn commit_with_probes(
     shared: &Shared,
     probes: Vec<String>,
     rows: u64,
+    kind: WriteKind,
 ) -> Result<(), String> {
     if !probes.is_empty() {
         let mut pipe = redis::pipe();
@@ -694,6 +719,7 @@ async fn commit_with_probes(
             }
             shared.writes.fetch_add(1, Ordering::Relaxed);
             shared.row_changes.fetch_add(rows, Ordering::Relaxed);
+            shared.committed_by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         Err(err) => {
@@ -770,6 +796,7 @@ async fn truncater(shared: Arc<Shared>, db_url: String, redis_url: String, produ
                 &shared,
                 vec![format!("probe:t:{n}")],
                 3 * RECS_PRODUCTS as u64,
+                WriteKind::Truncate,
             )
             .await
         }
@@ -1084,6 +1111,11 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         write_errors: shared.write_errors.load(Ordering::Relaxed),
         read_errors: shared.read_errors.load(Ordering::Relaxed),
         ambiguous_commits: ambiguous,
+        committed_by_kind: WRITE_KINDS
+            .iter()
+            .zip(&shared.committed_by_kind)
+            .map(|(k, n)| (k.to_string(), n.load(Ordering::Relaxed)))
+            .collect(),
         quiesce_ms,
         faults,
         modes,
