@@ -60,7 +60,7 @@ rules:
     on: [insert, update, delete, truncate]
     delete: ["recs:{product_id}"]
     fallback:
-      delete_matching: ["recs:*"]
+      tags: ["recs"]
 "#,
     ),
     (
@@ -80,7 +80,7 @@ rules:
     delete: ["recs:{product_id}"]
     redelete_after: 500ms
     fallback:
-      delete_matching: ["recs:*"]
+      tags: ["recs"]
 "#,
     ),
     (
@@ -118,7 +118,7 @@ const PROBE_RULES: &str = r#"
     on: [insert, update, truncate]
     delete: ["probe:r:{rev}"]
     fallback:
-      delete_matching: ["probe:t:*"]
+      tags: ["probe-truncate"]
 "#;
 
 const PRODUCT_VALUE: &str = "name || '|' || price_cents || '|' || coalesce(category_id::text, '-') || '|' || rev";
@@ -251,6 +251,8 @@ impl Item {
     fn tags(self, mode: Mode) -> Vec<String> {
         match (self, mode) {
             (Item::Category(id), Mode::Plain | Mode::Redelete) => vec![format!("category:{id}")],
+            // TRUNCATE names no rows: every recommendation list is filed under one tag.
+            (Item::Recs(_), Mode::Plain | Mode::Redelete) => vec!["recs".into()],
             _ => Vec::new(),
         }
     }
@@ -704,7 +706,12 @@ async fn commit_with_probes(
         let mut pipe = redis::pipe();
         for probe in &probes {
             for mode in MODES {
-                pipe.set(format!("{}{probe}", mode.prefix()), 1).ignore();
+                let key = format!("{}{probe}", mode.prefix());
+                pipe.set(&key, 1).ignore();
+                if probe.starts_with("probe:t:") {
+                    // The TRUNCATE fallback invalidates this tag.
+                    pipe.sadd(format!("{}tag:probe-truncate", mode.prefix()), &key).ignore();
+                }
             }
         }
         // Redis unavailable: the transaction rolls back (dropped), nothing unprobed commits.
@@ -1078,9 +1085,9 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         if crate::model::Lsn::parse(confirmed.trim()).is_some_and(|c| c >= target) {
             break;
         }
-        if quiesce_start.elapsed() > Duration::from_secs(120) {
+        if quiesce_start.elapsed() > Duration::from_secs(600) {
             return Err(ChaosError::Other(format!(
-                "walbust did not confirm {target} within 120 s (confirmed {}); see the logs in {}",
+                "walbust did not confirm {target} within 600 s (confirmed {}): it did not keep up with the writers; see the logs in {}",
                 confirmed.trim(),
                 work.display()
             )));

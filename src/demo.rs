@@ -135,6 +135,14 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     )?;
 
     let mut conn = redis::Client::open(redis.url())?.get_connection()?;
+    // walbust gives a new Redis its epoch when it connects; readers start after that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis::cmd("EXISTS").arg("walbust:epoch").query::<i64>(&mut conn)? == 0 {
+        if Instant::now() > deadline || daemon.is_finished() {
+            return Err(DemoError::Other("walbust did not connect to Redis within 20 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     warm(&mut conn)?;
     let slot_confirmed = |pg: &PgInstance| -> Result<Lsn, DemoError> {
         let text = pg.psql(
@@ -143,7 +151,36 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
         )?;
         Ok(Lsn::parse(text.trim()).unwrap_or_default())
     };
+    // An application reader using walbust::client: product 1's JSON, versioned by its version key.
+    let (db, db_connection) = tokio_postgres::connect(&pg.url("catalog"), tokio_postgres::NoTls)
+        .await
+        .map_err(|e| DemoError::Other(format!("postgres: {e}")))?;
+    tokio::spawn(db_connection);
+    let mut reader = crate::client::CacheClient::connect(&redis.url(), "shop:").await?;
+    let reader_entry = crate::client::Entry {
+        key: "product:1:json",
+        versions: &["ver:product:1"],
+        tags: &[],
+    };
+    let load_product = || async {
+        db.query_one(
+            "SELECT row_to_json(p)::text FROM (SELECT id, name, price_cents FROM products WHERE id = 1) p",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, String>(0))
+    };
     for (i, (what, sql)) in STEPS.iter().enumerate() {
+        let reader_before = if i == 0 {
+            reader
+                .get_or_load(&reader_entry, load_product)
+                .await
+                .map_err(|e| DemoError::Other(e.to_string()))?;
+            let (key, cached) = reader.read(&reader_entry).await?;
+            Some((key, cached.unwrap_or_default()))
+        } else {
+            None
+        };
         let before = snapshot(&mut conn)?;
         writeln!(out, "{}. {what}\n   SQL: {sql}", i + 1)?;
         let start = Instant::now();
@@ -179,6 +216,17 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
         }
         if !bumped.is_empty() {
             writeln!(out, "   version keys: {}", bumped.join(", "))?;
+        }
+        if let Some((old_key, old_value)) = reader_before {
+            let (value, source) = reader
+                .get_or_load(&reader_entry, load_product)
+                .await
+                .map_err(|e| DemoError::Other(e.to_string()))?;
+            let (new_key, _) = reader.read(&reader_entry).await?;
+            writeln!(
+                out,
+                "   a reader (walbust::client) had {old_value} cached at {old_key};\n   its next read went to {new_key}: {source:?} {value}"
+            )?;
         }
         writeln!(
             out,

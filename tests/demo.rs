@@ -22,6 +22,8 @@ fn demo_shows_every_scripted_invalidation() {
         "shop:price:13:EUR",
         "shop:ver:recommendations =",
         "Redis changed after",
+        "a reader (walbust::client) had {\"id\":1,\"name\":\"Product 1\",\"price_cents\":1050} cached",
+        "Loaded {\"id\":1,\"name\":\"Product 1\",\"price_cents\":1299}",
         "cleaning up",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
