@@ -151,6 +151,9 @@ pub struct ChaosOptions {
     pub min_writes: u64,
     pub writers: usize,
     pub readers: usize,
+    /// Write transactions per second, all writers together (0: as fast as they go — which
+    /// measures an overloaded machine rather than walbust).
+    pub rate: u64,
     /// Seeded products (ids 1..=products); inserts add more.
     pub products: i64,
     pub seed: u64,
@@ -168,6 +171,7 @@ impl ChaosOptions {
             min_writes: 0,
             writers: 3,
             readers: 3,
+            rate: 600,
             products: 200,
             seed: 1,
             log_dir: None,
@@ -182,6 +186,7 @@ impl ChaosOptions {
             min_writes: 100_000,
             writers: 4,
             readers: 4,
+            rate: 1000,
             ..ChaosOptions::short(walbust_bin)
         }
     }
@@ -353,12 +358,19 @@ pub struct ModeReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The same for commits outside fault windows (from a fault's start until 3 s after
+    /// it was injected): walbust between faults.
+    pub steady_measured: u64,
+    pub steady_within_100ms: u64,
+    pub steady_p99_ms: f64,
 }
 
 /// The outcome of a run.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ChaosReport {
     pub seconds: f64,
+    /// The writers' pace (transactions/s; 0 = unthrottled).
+    pub rate: u64,
     pub writes: u64,
     pub row_changes: u64,
     pub reads: u64,
@@ -415,8 +427,9 @@ impl ChaosReport {
 
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "{} transactions ({} row changes) and {} cache reads per mode in {:.0} s, {} faults; quiesced in {} ms; {} commits with unknown outcome excluded\n\n",
+            "{} transactions (paced at {}/s; {} row changes) and {} cache reads per mode in {:.0} s, {} faults; quiesced in {} ms; {} commits with unknown outcome excluded\n\n",
             self.writes,
+            self.rate,
             self.row_changes,
             self.reads,
             self.seconds,
@@ -431,25 +444,19 @@ impl ChaosReport {
             self.write_errors,
             self.read_errors
         ));
-        s.push_str("| mode | stale entries at the end | entries checked | invalidations checked | lost | measured | ≤ 100 ms | ≤ 1 s | ≤ 10 s | p50 | p99 | max |\n");
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| mode | stale entries at the end | entries checked | invalidations checked | lost | measured | ≤ 100 ms | ≤ 1 s | ≤ 10 s | p50 | p99 | max | between faults: ≤ 100 ms | between faults: p99 |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for m in &self.modes {
-            let pct = |n: u64| {
-                if m.measured == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:.3} %", 100.0 * n as f64 / m.measured as f64)
-                }
-            };
+            let pct = |n: u64| pct_of(n, m.measured);
             if m.mode == Mode::Control.label() {
                 s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | - | - | - | - | - | - | - |\n",
+                    "| {} | {} | {} | {} | {} | - | - | - | - | - | - | - | - | - |\n",
                     m.mode, m.stale_entries, m.entries_checked, m.invalidations_checked, m.lost
                 ));
                 continue;
             }
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} ms |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} ms | {} of {} | {:.1} ms |\n",
                 m.mode,
                 m.stale_entries,
                 m.entries_checked,
@@ -461,7 +468,10 @@ impl ChaosReport {
                 pct(m.within_10s),
                 m.p50_ms,
                 m.p99_ms,
-                m.max_ms
+                m.max_ms,
+                pct_of(m.steady_within_100ms, m.steady_measured),
+                m.steady_measured,
+                m.steady_p99_ms
             ));
         }
         s.push_str("\n| cycle | fault | at | walbust streaming again after |\n|---|---|---|---|\n");
@@ -477,6 +487,14 @@ impl ChaosReport {
             ));
         }
         s
+    }
+}
+
+fn pct_of(n: u64, of: u64) -> String {
+    if of == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.3} %", 100.0 * n as f64 / of as f64)
     }
 }
 
@@ -678,11 +696,12 @@ async fn write_once(
         // Written by the truncater task, never picked here.
         WriteKind::Truncate => (Vec::new(), 0),
         WriteKind::Bulk => {
-            let residue = rng.below(4) as i64;
+            // Half of a category's seeded products: about 17 rows.
+            let residue = rng.below(2) as i64;
             let rows = tx
                 .query(
-                    "UPDATE products SET price_cents = price_cents + 1, rev = nextval('chaos_rev') WHERE category_id = $1 AND id % 4 = $2 RETURNING rev",
-                    &[&category, &residue],
+                    "UPDATE products SET price_cents = price_cents + 1, rev = nextval('chaos_rev') WHERE category_id = $1 AND id % 2 = $2 AND id <= $3 RETURNING rev",
+                    &[&category, &residue, &products],
                 )
                 .await
                 .map_err(e)?;
@@ -752,7 +771,14 @@ async fn writer(index: usize, shared: Arc<Shared>, db_url: String, redis_url: St
     let mut rng = Rng::new(options.seed.wrapping_add(index as u64 * 7919));
     let mut db: Option<tokio_postgres::Client> = None;
     let mut redis: Option<redis::aio::MultiplexedConnection> = None;
+    let interval = (options.rate > 0).then(|| Duration::from_secs_f64(options.writers as f64 / options.rate as f64));
+    let mut next = Instant::now();
     while !shared.stop_writers.load(Ordering::Relaxed) {
+        if let Some(interval) = interval {
+            // Paced; a writer that fell behind (an outage) does not burst to catch up.
+            next = (next + interval).max(Instant::now() - Duration::from_millis(100));
+            tokio::time::sleep_until(next.into()).await;
+        }
         if db.as_ref().is_none_or(|c| c.is_closed()) {
             db = connect_db(&db_url).await.ok();
         }
@@ -1041,10 +1067,13 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
     }
 
     let mut faults = Vec::new();
+    let mut windows = Vec::new();
     for cycle in 0..options.cycles {
         tokio::time::sleep(options.cycle).await;
         let at = started.elapsed().as_secs_f64();
+        let fault_start = Instant::now();
         let (fault, recovered) = inject(cycle, &mut pg, &mut redis, &mut daemons, &options.walbust_bin).await?;
+        windows.push((fault_start, Instant::now() + Duration::from_secs(3)));
         writeln!(
             progress,
             "cycle {:>2}: {fault:<34} {} writes so far{}",
@@ -1105,13 +1134,14 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
     shared.stop_listener.store(true, Ordering::Relaxed);
     let _ = listener.join();
 
-    let modes = check(&pg, &redis, &shared, options.products).await?;
+    let modes = check(&pg, &redis, &shared, options.products, &windows).await?;
     for d in &mut daemons {
         d.kill9();
     }
     let ambiguous = shared.ambiguous.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
     let report = ChaosReport {
         seconds: started.elapsed().as_secs_f64(),
+        rate: options.rate,
         writes: shared.writes.load(Ordering::Relaxed),
         row_changes: shared.row_changes.load(Ordering::Relaxed),
         reads: shared.reads.load(Ordering::Relaxed),
@@ -1223,6 +1253,7 @@ async fn check(
     redis: &RedisInstance,
     shared: &Shared,
     products: i64,
+    fault_windows: &[(Instant, Instant)],
 ) -> Result<Vec<ModeReport>, ChaosError> {
     let db = connect_db(&pg.url("catalog")).await?;
     let mut expected: HashMap<Item, String> = HashMap::new();
@@ -1303,6 +1334,7 @@ async fn check(
             .into_iter()
             .collect();
         let mut latencies = Vec::new();
+        let mut steady = Vec::new();
         for (probe, sent) in &probes {
             if ambiguous.contains(probe) {
                 continue;
@@ -1317,24 +1349,30 @@ async fn check(
             } else if let Some(at) = deleted.get(&key) {
                 if *at >= *sent {
                     latencies.push(at.duration_since(*sent));
+                    if !fault_windows.iter().any(|(from, to)| sent >= from && sent <= to) {
+                        steady.push(at.duration_since(*sent));
+                    }
                 }
             }
         }
         latencies.sort();
-        report.measured = latencies.len() as u64;
-        let within = |limit: Duration| latencies.iter().filter(|d| **d <= limit).count() as u64;
-        report.within_100ms = within(Duration::from_millis(100));
-        report.within_1s = within(Duration::from_secs(1));
-        report.within_10s = within(Duration::from_secs(10));
-        let quantile = |q: f64| {
-            latencies
-                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+        steady.sort();
+        let within = |l: &[Duration], limit: Duration| l.iter().filter(|d| **d <= limit).count() as u64;
+        let quantile_ms = |l: &[Duration], q: f64| {
+            l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
                 .map(|d| d.as_secs_f64() * 1000.0)
                 .unwrap_or(0.0)
         };
-        report.p50_ms = quantile(0.5);
-        report.p99_ms = quantile(0.99);
-        report.max_ms = latencies.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+        report.measured = latencies.len() as u64;
+        report.within_100ms = within(&latencies, Duration::from_millis(100));
+        report.within_1s = within(&latencies, Duration::from_secs(1));
+        report.within_10s = within(&latencies, Duration::from_secs(10));
+        report.p50_ms = quantile_ms(&latencies, 0.5);
+        report.p99_ms = quantile_ms(&latencies, 0.99);
+        report.max_ms = quantile_ms(&latencies, 1.0);
+        report.steady_measured = steady.len() as u64;
+        report.steady_within_100ms = within(&steady, Duration::from_millis(100));
+        report.steady_p99_ms = quantile_ms(&steady, 0.99);
         reports.push(report);
     }
     Ok(reports)

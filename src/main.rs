@@ -84,6 +84,9 @@ struct ChaosArgs {
     writers: Option<usize>,
     #[arg(long)]
     readers: Option<usize>,
+    /// Write transactions per second, all writers together; 0 = unthrottled (default: 600 short, 1000 full).
+    #[arg(long)]
+    rate: Option<u64>,
     /// Keep walbust's logs here (default: a temp dir, printed).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -465,6 +468,7 @@ fn chaos(args: ChaosArgs) -> Result<ExitCode> {
     options.min_writes = args.min_writes.unwrap_or(options.min_writes);
     options.writers = args.writers.unwrap_or(options.writers);
     options.readers = args.readers.unwrap_or(options.readers);
+    options.rate = args.rate.unwrap_or(options.rate);
     options.log_dir = args.log_dir;
     let report = runtime()?.block_on(async {
         let mut progress = std::io::stderr();
