@@ -197,6 +197,7 @@ pub async fn run(
     };
 
     let mut targets = Vec::new();
+    let mut redelete_targets = Vec::new();
     for (i, r) in cfg.redis.iter().enumerate() {
         let ca = match &r.ca_cert {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -219,6 +220,12 @@ pub async fn run(
             )));
         }
         targets.push(target);
+        if rules.rules.iter().any(|rule| rule.redelete_after.is_some()) {
+            redelete_targets.push(
+                RedisTarget::with_tls(&r.url, r.cluster, ca, cfg.apply.delete_command, &cfg.rules.tag_prefix)
+                    .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?,
+            );
+        }
     }
     for target in &mut targets {
         if let Err(e) = target.ping().await {
@@ -256,7 +263,10 @@ pub async fn run(
     // Shutdown is watched by its own task, so a request is seen even while a batch is being
     // retried against an unreachable Redis.
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        redeletes: (!redelete_targets.is_empty()).then(|| start_redeleter(redelete_targets)),
+        ..Shared::default()
+    });
     let on_shutdown = shared.clone();
     let shutdown_timeout = config.shutdown_timeout;
     let shutdown_task = tokio::spawn(async move {
@@ -395,6 +405,8 @@ struct Shared {
     give_up_at: std::sync::atomic::AtomicI64,
     /// Highest end LSN every target applied.
     applied: std::sync::atomic::AtomicU64,
+    /// Keys to delete again, with when (`redelete_after`).
+    redeletes: Option<tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Vec<String>)>>,
 }
 
 const IDLE_PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -459,7 +471,9 @@ impl Applier {
                     metrics.applied_lsn.fetch_max(end.0, Ordering::Relaxed);
                     shared.applied.fetch_max(end.0, Ordering::SeqCst);
                 }
-                schedule_redeletes(&batch, &config);
+                if let Some(redeletes) = &shared.redeletes {
+                    schedule_redeletes(&batch, redeletes);
+                }
             }
             targets
         });
@@ -490,41 +504,63 @@ fn count_change(counts: &mut BTreeMap<(String, &'static str), u64>, change: &Cha
 /// `redelete_after`: delete the keys once more after their delay, narrowing the window in which
 /// a reader that loaded the old row before the commit can put a stale value back. Best effort on
 /// fresh connections: the first delete is what was acknowledged.
-fn schedule_redeletes(batch: &Batch, config: &Validated) {
-    if batch.redelete.is_empty() {
-        return;
-    }
+fn schedule_redeletes(
+    batch: &Batch,
+    redeletes: &tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Vec<String>)>,
+) {
     let mut by_delay: BTreeMap<Duration, Vec<String>> = BTreeMap::new();
     for (key, delay) in &batch.redelete {
         by_delay.entry(*delay).or_default().push(key.clone());
     }
-    let urls: Vec<(String, bool, Option<Vec<u8>>)> = config
-        .config
-        .redis
-        .iter()
-        .map(|r| {
-            (
-                r.url.clone(),
-                r.cluster,
-                r.ca_cert.as_ref().and_then(|p| std::fs::read(p).ok()),
-            )
-        })
-        .collect();
-    let command = config.config.apply.delete_command;
-    let tag_prefix = config.config.rules.tag_prefix.clone();
+    let now = tokio::time::Instant::now();
+    for (delay, keys) in by_delay {
+        let _ = redeletes.send((now + delay, keys));
+    }
+}
+
+/// The delayed re-deletes (`redelete_after`, best effort): one long-lived task with its own
+/// connection per target; keys that fall due together are merged and deleted in one pipelined
+/// round trip per target. (A connection per batch cost a TCP handshake per batch on Redis.)
+fn start_redeleter(
+    mut targets: Vec<RedisTarget>,
+) -> tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Vec<String>)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<String>)>();
     tokio::spawn(async move {
-        let start = tokio::time::Instant::now();
-        for (delay, keys) in by_delay {
-            tokio::time::sleep_until(start + delay).await;
-            for (url, cluster, ca) in &urls {
-                if let Ok(mut target) = RedisTarget::with_tls(url, *cluster, ca.clone(), command, &tag_prefix) {
-                    if let Err(e) = target.delete_keys(&keys).await {
-                        tracing::warn!(target = %target.name, error = %e, keys = keys.len(), "delayed re-delete failed");
+        let mut due: BTreeMap<tokio::time::Instant, Vec<String>> = BTreeMap::new();
+        loop {
+            let next = due.keys().next().copied();
+            let wait = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some((at, keys)) => due.entry(at).or_default().extend(keys),
+                    None => break,
+                },
+                _ = wait => {
+                    let now = tokio::time::Instant::now();
+                    let mut keys = Vec::new();
+                    while let Some(entry) = due.first_entry() {
+                        if *entry.key() > now {
+                            break;
+                        }
+                        keys.extend(entry.remove());
+                    }
+                    keys.sort_unstable();
+                    keys.dedup();
+                    for target in targets.iter_mut() {
+                        if let Err(e) = target.delete_keys(&keys).await {
+                            tracing::warn!(target = %target.name, error = %e, keys = keys.len(), "delayed re-delete failed");
+                        }
                     }
                 }
             }
         }
     });
+    tx
 }
 
 /// A gap in the slot's history: bump the epoch on every target (so every cache key changes),
