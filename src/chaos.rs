@@ -382,6 +382,8 @@ pub struct ChaosReport {
     pub quiesce_ms: u64,
     pub faults: Vec<FaultRecord>,
     pub modes: Vec<ModeReport>,
+    /// walbust's own commit-to-applied histogram over every process of the run.
+    pub walbust_latency: DaemonLatency,
 }
 
 impl ChaosReport {
@@ -474,6 +476,14 @@ impl ChaosReport {
                 m.steady_p99_ms
             ));
         }
+        let l = &self.walbust_latency;
+        s.push_str(&format!(
+            "\nwalbust's own histogram (`walbust_commit_to_applied_seconds`, commit timestamp to every target's acknowledgement, all processes): {} transactions applied (replays included), ≤ 10 ms {}, ≤ 100 ms {}, ≤ 1 s {}\n",
+            l.transactions,
+            pct_of(l.within_10ms, l.transactions),
+            pct_of(l.within_100ms, l.transactions),
+            pct_of(l.within_1s, l.transactions)
+        ));
         s.push_str("\n| cycle | fault | at | walbust streaming again after |\n|---|---|---|---|\n");
         for f in &self.faults {
             s.push_str(&format!(
@@ -504,6 +514,50 @@ struct Daemon {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    http_port: u16,
+    /// walbust's own commit-to-applied histogram, summed over the processes killed so far.
+    latency: Arc<Mutex<DaemonLatency>>,
+}
+
+/// walbust's own view of latency (`walbust_commit_to_applied_seconds`: PostgreSQL's commit
+/// timestamp to every target's acknowledgement), scraped from `/metrics` before each kill.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DaemonLatency {
+    pub transactions: u64,
+    pub within_10ms: u64,
+    pub within_100ms: u64,
+    pub within_1s: u64,
+}
+
+impl DaemonLatency {
+    fn add_scrape(&mut self, metrics: &str) {
+        let value = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+                .unwrap_or(0)
+        };
+        self.transactions += value("walbust_commit_to_applied_seconds_count ");
+        self.within_10ms += value("walbust_commit_to_applied_seconds_bucket{le=\"0.01\"} ");
+        self.within_100ms += value("walbust_commit_to_applied_seconds_bucket{le=\"0.1\"} ");
+        self.within_1s += value("walbust_commit_to_applied_seconds_bucket{le=\"1\"} ");
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 impl Daemon {
@@ -525,6 +579,13 @@ impl Daemon {
 
     fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // What this process applied is counted before it dies.
+            if let Some(metrics) = http_get(self.http_port, "/metrics") {
+                self.latency
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_scrape(&metrics);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -573,7 +634,7 @@ async fn wait_active(pg: &PgInstance, timeout: Duration, other_than: Option<&str
     None
 }
 
-fn daemon_config(pg: &PgInstance, redis: &RedisInstance, rules: &Path, name: &str) -> String {
+fn daemon_config(pg: &PgInstance, redis: &RedisInstance, rules: &Path, name: &str, http_port: u16) -> String {
     format!(
         r#"shutdown_timeout = "5s"
 [postgres]
@@ -591,7 +652,7 @@ retry_max_delay = "1s"
 [[redis]]
 url = "{}"
 [http]
-listen = ""
+listen = "127.0.0.1:{http_port}"
 "#,
         pg.url("catalog"),
         rules.display(),
@@ -947,7 +1008,8 @@ fn listen_for_deletions(shared: Arc<Shared>, redis_url: String) {
                 Ok(msg) => {
                     let now = Instant::now();
                     if let Ok(key) = msg.get_payload::<String>() {
-                        if key.contains(":probe:") {
+                        // Control probes are never deleted by walbust: no need to track them.
+                        if key.contains(":probe:") && !key.starts_with("ctl:") {
                             shared
                                 .deleted
                                 .lock()
@@ -1007,14 +1069,18 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         std::fs::write(rules.join(file), format!("{text}{probes}"))?;
     }
     let mut daemons = Vec::new();
+    let daemon_latency = Arc::new(Mutex::new(DaemonLatency::default()));
     for name in ["walbust-a", "walbust-b"] {
         let config = work.join(format!("{name}.toml"));
-        std::fs::write(&config, daemon_config(&pg, &redis, &rules, name))?;
+        let http_port = crate::harness::free_port();
+        std::fs::write(&config, daemon_config(&pg, &redis, &rules, name, http_port))?;
         daemons.push(Daemon {
             name: name.into(),
             config,
             log: work.join(format!("{name}.log")),
             child: None,
+            http_port,
+            latency: daemon_latency.clone(),
         });
     }
     daemons[0].spawn(&options.walbust_bin)?;
@@ -1156,6 +1222,7 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         quiesce_ms,
         faults,
         modes,
+        walbust_latency: daemon_latency.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
     // Logs are kept when asked for, or when something failed.
     if options.log_dir.is_none() && report.failures().is_empty() {
