@@ -712,8 +712,7 @@ async fn write_once(
             } else {
                 tx.query(sql, &[&id, &category]).await.map_err(e)?
             };
-            let probes = rows.iter().map(|r| format!("probe:p:{}", r.get::<_, i64>(0))).collect();
-            (probes, rows.len() as u64)
+            (probe_keys(&rows, "p"), rows.len() as u64)
         }
         WriteKind::Insert => {
             let new_id: i64 = tx
@@ -739,8 +738,7 @@ async fn write_once(
                 )
                 .await
                 .map_err(e)?;
-            let probes = rows.iter().map(|r| format!("probe:d:{}", r.get::<_, i64>(0))).collect();
-            (probes, rows.len() as u64)
+            (probe_keys(&rows, "d"), rows.len() as u64)
         }
         WriteKind::Recs => {
             let product = 1 + rng.below(RECS_PRODUCTS as u64) as i64;
@@ -751,8 +749,7 @@ async fn write_once(
                 )
                 .await
                 .map_err(e)?;
-            let probes = rows.iter().map(|r| format!("probe:r:{}", r.get::<_, i64>(0))).collect();
-            (probes, rows.len() as u64)
+            (probe_keys(&rows, "r"), rows.len() as u64)
         }
         // Written by the truncater task, never picked here.
         WriteKind::Truncate => (Vec::new(), 0),
@@ -766,11 +763,17 @@ async fn write_once(
                 )
                 .await
                 .map_err(e)?;
-            let probes = rows.iter().map(|r| format!("probe:p:{}", r.get::<_, i64>(0))).collect();
-            (probes, rows.len() as u64)
+            (probe_keys(&rows, "p"), rows.len() as u64)
         }
     };
     commit_with_probes(tx, redis, shared, probes, rows, kind).await
+}
+
+/// `probe:<kind>:<value>` for the first column of every returned row (a `rev` or an `id`).
+fn probe_keys(rows: &[tokio_postgres::Row], kind: &str) -> Vec<String> {
+    rows.iter()
+        .map(|r| format!("probe:{kind}:{}", r.get::<_, i64>(0)))
+        .collect()
 }
 
 /// Sets the probes of every mode, then commits; registers the probes with the COMMIT time.
