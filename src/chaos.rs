@@ -139,6 +139,67 @@ pub enum ChaosError {
     Other(String),
 }
 
+/// The faults the harness injects, one per cycle, round robin over [`ChaosOptions::faults`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of the active walbust, restarted at once.
+    Kill9,
+    /// Redis restarted without persistence (cold cache).
+    RedisRestart,
+    /// Redis SIGSTOP for 2 s.
+    RedisStop,
+    /// pg_terminate_backend of the walsender.
+    TerminateWalsender,
+    /// PostgreSQL fast restart.
+    PgRestart,
+    /// A standby walbust takes over from the active one (kill -9).
+    Takeover,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::Kill9,
+        Fault::RedisRestart,
+        Fault::RedisStop,
+        Fault::TerminateWalsender,
+        Fault::PgRestart,
+        Fault::Takeover,
+    ];
+
+    /// The name `--faults` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill9",
+            Fault::RedisRestart => "redis-restart",
+            Fault::RedisStop => "redis-stop",
+            Fault::TerminateWalsender => "terminate-walsender",
+            Fault::PgRestart => "pg-restart",
+            Fault::Takeover => "takeover",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill -9 walbust, restart",
+            Fault::RedisRestart => "redis restart (cold cache)",
+            Fault::RedisStop => "redis SIGSTOP 2 s",
+            Fault::TerminateWalsender => "pg_terminate_backend(walsender)",
+            Fault::PgRestart => "postgresql fast restart",
+            Fault::Takeover => "takeover by standby walbust",
+        }
+    }
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown fault `{s}`; expected one of {}", names.join(", "))
+        })
+    }
+}
+
 /// How long and how hard to run.
 #[derive(Clone, Debug)]
 pub struct ChaosOptions {
@@ -146,6 +207,8 @@ pub struct ChaosOptions {
     pub walbust_bin: PathBuf,
     /// Fault cycles: each runs the workload for `cycle`, then injects the next fault.
     pub cycles: usize,
+    /// Which faults, in order (round robin over the cycles).
+    pub faults: Vec<Fault>,
     pub cycle: Duration,
     /// Keep writing (without further faults) until at least this many transactions committed.
     pub min_writes: u64,
@@ -167,6 +230,7 @@ impl ChaosOptions {
         ChaosOptions {
             walbust_bin,
             cycles: 6,
+            faults: Fault::ALL.to_vec(),
             cycle: Duration::from_secs(8),
             min_writes: 0,
             writers: 3,
@@ -1141,7 +1205,9 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         tokio::time::sleep(options.cycle).await;
         let at = started.elapsed().as_secs_f64();
         let fault_start = Instant::now();
-        let (fault, recovered) = inject(cycle, &mut pg, &mut redis, &mut daemons, &options.walbust_bin).await?;
+        let fault = options.faults[cycle % options.faults.len().max(1)];
+        let recovered = inject(fault, &mut pg, &mut redis, &mut daemons, &options.walbust_bin).await?;
+        let fault = fault.label();
         windows.push((fault_start, Instant::now() + Duration::from_secs(3)));
         writeln!(
             progress,
@@ -1251,16 +1317,17 @@ fn tempdir_for(options: &ChaosOptions) -> Result<PathBuf, ChaosError> {
 }
 
 /// Injects fault number `cycle` (round robin over the six kinds).
+/// Injects one fault; returns how long until walbust streamed again, where that applies.
 async fn inject(
-    cycle: usize,
+    fault: Fault,
     pg: &mut PgInstance,
     redis: &mut RedisInstance,
     daemons: &mut [Daemon],
     bin: &Path,
-) -> Result<(&'static str, Option<Duration>), ChaosError> {
+) -> Result<Option<Duration>, ChaosError> {
     let recover = Duration::from_secs(30);
-    match cycle % 6 {
-        0 => {
+    match fault {
+        Fault::Kill9 => {
             let active = blocking(|| active_daemon(pg));
             let index = daemons
                 .iter()
@@ -1268,33 +1335,33 @@ async fn inject(
                 .unwrap_or(0);
             daemons[index].kill9();
             daemons[index].spawn(bin)?;
-            Ok(("kill -9 walbust, restart", wait_active(pg, recover, None).await))
+            Ok(wait_active(pg, recover, None).await)
         }
-        1 => {
+        Fault::RedisRestart => {
             blocking(|| redis.restart())?;
-            Ok(("redis restart (cold cache)", None))
+            Ok(None)
         }
-        2 => {
+        Fault::RedisStop => {
             let pid = redis.pid().to_string();
             let _ = Command::new("kill").args(["-STOP", &pid]).status();
             tokio::time::sleep(Duration::from_secs(2)).await;
             let _ = Command::new("kill").args(["-CONT", &pid]).status();
-            Ok(("redis SIGSTOP 2 s", None))
+            Ok(None)
         }
-        3 => {
+        Fault::TerminateWalsender => {
             blocking(|| {
                 pg.psql(
                     "catalog",
                     "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'walbust' AND active_pid IS NOT NULL",
                 )
             })?;
-            Ok(("pg_terminate_backend(walsender)", wait_active(pg, recover, None).await))
+            Ok(wait_active(pg, recover, None).await)
         }
-        4 => {
+        Fault::PgRestart => {
             blocking(|| pg.restart(true))?;
-            Ok(("postgresql fast restart", wait_active(pg, recover, None).await))
+            Ok(wait_active(pg, recover, None).await)
         }
-        _ => {
+        Fault::Takeover => {
             // A standby instance is running (started now if needed); the active one dies.
             for d in daemons.iter_mut() {
                 if !d.running() {
@@ -1312,7 +1379,7 @@ async fn inject(
             let took = wait_active(pg, recover, Some(&killed)).await;
             // The old active instance comes back as the new standby.
             daemons[index].spawn(bin)?;
-            Ok(("takeover by standby walbust", took))
+            Ok(took)
         }
     }
 }

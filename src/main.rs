@@ -77,6 +77,9 @@ struct ChaosArgs {
     /// Seconds of workload between faults.
     #[arg(long)]
     cycle_seconds: Option<u64>,
+    /// Faults to inject, round robin (default: all): kill9, redis-restart, redis-stop, terminate-walsender, pg-restart, takeover.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<walbust::chaos::Fault>,
     /// Keep writing until at least this many transactions committed (default: 0 short, 100000 full).
     #[arg(long)]
     min_writes: Option<u64>,
@@ -469,6 +472,9 @@ fn chaos(args: ChaosArgs) -> Result<ExitCode> {
     options.writers = args.writers.unwrap_or(options.writers);
     options.readers = args.readers.unwrap_or(options.readers);
     options.rate = args.rate.unwrap_or(options.rate);
+    if !args.faults.is_empty() {
+        options.faults = args.faults;
+    }
     options.log_dir = args.log_dir;
     let report = runtime()?.block_on(async {
         let mut progress = std::io::stderr();
