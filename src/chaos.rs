@@ -1096,60 +1096,12 @@ fn listen_for_deletions(shared: Arc<Shared>, redis_url: String) {
 /// Runs the harness and reports; the caller decides what fails (see [`ChaosReport::failures`]).
 pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Send)) -> Result<ChaosReport, ChaosError> {
     let started = Instant::now();
-    let mut pg = blocking(|| {
-        PgInstance::start_with(PgOptions {
-            extra_conf: vec![
-                ("synchronous_commit".into(), "on".into()),
-                ("max_wal_senders".into(), "10".into()),
-            ],
-            ..Default::default()
-        })
-    })?;
+    let mut pg = blocking(|| start_database(options.products))?;
     let mut redis = blocking(|| RedisInstance::start_with_args(&["--notify-keyspace-events", "Eg"]))?;
-    blocking(|| -> Result<(), HarnessError> {
-        pg.create_database("catalog")?;
-        for sql in MIGRATIONS {
-            pg.psql("catalog", sql)?;
-        }
-        pg.psql("catalog", CHAOS_SCHEMA)?;
-        pg.psql(
-            "catalog",
-            &format!(
-                "INSERT INTO products (id, category_id, sku, name, price_cents) SELECT i, (i % 6) + 1, 'CH-' || i, 'chaos ' || i, 1000 + i FROM generate_series(21, {}) AS i; DELETE FROM recommendations; {}",
-                options.products,
-                reseed_recs_sql(options.products)
-            ),
-        )?;
-        pg.psql(
-            "catalog",
-            "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')",
-        )?;
-        Ok(())
-    })?;
 
     let work = tempdir_for(&options)?;
-    let rules = work.join("rules");
-    std::fs::create_dir_all(&rules)?;
-    for (file, text) in RULES {
-        let mode_name = &file[..file.len() - 5];
-        let probes = PROBE_RULES.replace("MODE", mode_name);
-        std::fs::write(rules.join(file), format!("{text}{probes}"))?;
-    }
-    let mut daemons = Vec::new();
     let daemon_latency = Arc::new(Mutex::new(DaemonLatency::default()));
-    for name in ["walbust-a", "walbust-b"] {
-        let config = work.join(format!("{name}.toml"));
-        let http_port = crate::harness::free_port();
-        std::fs::write(&config, daemon_config(&pg, &redis, &rules, name, http_port))?;
-        daemons.push(Daemon {
-            name: name.into(),
-            config,
-            log: work.join(format!("{name}.log")),
-            child: None,
-            http_port,
-            latency: daemon_latency.clone(),
-        });
-    }
+    let mut daemons = prepare_daemons(&work, &pg, &redis, &daemon_latency)?;
     daemons[0].spawn(&options.walbust_bin)?;
     if wait_active(&pg, Duration::from_secs(30), None).await.is_none() {
         return Err(ChaosError::Other(format!(
@@ -1205,7 +1157,10 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         tokio::time::sleep(options.cycle).await;
         let at = started.elapsed().as_secs_f64();
         let fault_start = Instant::now();
-        let fault = options.faults[cycle % options.faults.len().max(1)];
+        let fault = match options.faults.as_slice() {
+            [] => Fault::ALL[cycle % Fault::ALL.len()],
+            faults => faults[cycle % faults.len()],
+        };
         let recovered = inject(fault, &mut pg, &mut redis, &mut daemons, &options.walbust_bin).await?;
         let fault = fault.label();
         windows.push((fault_start, Instant::now() + Duration::from_secs(3)));
@@ -1235,30 +1190,7 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
     for t in tasks {
         let _ = t.await;
     }
-    let quiesce_start = Instant::now();
-    let target = blocking(|| pg.psql("catalog", "SELECT pg_current_wal_lsn()"))?;
-    let target = crate::model::Lsn::parse(target.trim())
-        .ok_or_else(|| ChaosError::Other(format!("unexpected LSN `{}`", target.trim())))?;
-    loop {
-        let confirmed = blocking(|| {
-            pg.psql(
-                "catalog",
-                "SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = 'walbust'",
-            )
-        })?;
-        if crate::model::Lsn::parse(confirmed.trim()).is_some_and(|c| c >= target) {
-            break;
-        }
-        if quiesce_start.elapsed() > Duration::from_secs(600) {
-            return Err(ChaosError::Other(format!(
-                "walbust did not confirm {target} within 600 s (confirmed {}): it did not keep up with the writers; see the logs in {}",
-                confirmed.trim(),
-                work.display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let quiesce_ms = quiesce_start.elapsed().as_millis() as u64;
+    let quiesce_ms = quiesce(&pg, &work).await?;
     // Let the delayed re-deletes run, then stop reading and let the last events arrive.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     shared.stop_readers.store(true, Ordering::Relaxed);
@@ -1298,6 +1230,95 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(report)
+}
+
+/// A throwaway PostgreSQL with the catalog schema, the chaos columns, `products` seeded
+/// products, recommendations and the slot.
+fn start_database(products: i64) -> Result<PgInstance, HarnessError> {
+    let pg = PgInstance::start_with(PgOptions {
+        extra_conf: vec![
+            ("synchronous_commit".into(), "on".into()),
+            ("max_wal_senders".into(), "10".into()),
+        ],
+        ..Default::default()
+    })?;
+    pg.create_database("catalog")?;
+    for sql in MIGRATIONS {
+        pg.psql("catalog", sql)?;
+    }
+    pg.psql("catalog", CHAOS_SCHEMA)?;
+    pg.psql(
+        "catalog",
+        &format!(
+            "INSERT INTO products (id, category_id, sku, name, price_cents) SELECT i, (i % 6) + 1, 'CH-' || i, 'chaos ' || i, 1000 + i FROM generate_series(21, {products}) AS i; DELETE FROM recommendations; {}",
+            reseed_recs_sql(products)
+        ),
+    )?;
+    pg.psql(
+        "catalog",
+        "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')",
+    )?;
+    Ok(pg)
+}
+
+/// Writes the rules (one file per mode, with its probe rules) and one config per walbust
+/// instance into `work`.
+fn prepare_daemons(
+    work: &Path,
+    pg: &PgInstance,
+    redis: &RedisInstance,
+    latency: &Arc<Mutex<DaemonLatency>>,
+) -> Result<Vec<Daemon>, ChaosError> {
+    let rules = work.join("rules");
+    std::fs::create_dir_all(&rules)?;
+    for (file, text) in RULES {
+        let mode_name = file.trim_end_matches(".yaml");
+        let probes = PROBE_RULES.replace("MODE", mode_name);
+        std::fs::write(rules.join(file), format!("{text}{probes}"))?;
+    }
+    let mut daemons = Vec::new();
+    for name in ["walbust-a", "walbust-b"] {
+        let config = work.join(format!("{name}.toml"));
+        let http_port = crate::harness::free_port();
+        std::fs::write(&config, daemon_config(pg, redis, &rules, name, http_port))?;
+        daemons.push(Daemon {
+            name: name.into(),
+            config,
+            log: work.join(format!("{name}.log")),
+            child: None,
+            http_port,
+            latency: latency.clone(),
+        });
+    }
+    Ok(daemons)
+}
+
+/// Waits until the slot's confirmed position reaches the server's current LSN (walbust applied
+/// everything committed so far); returns how long that took.
+async fn quiesce(pg: &PgInstance, work: &Path) -> Result<u64, ChaosError> {
+    let start = Instant::now();
+    let target = blocking(|| pg.psql("catalog", "SELECT pg_current_wal_lsn()"))?;
+    let target = crate::model::Lsn::parse(target.trim())
+        .ok_or_else(|| ChaosError::Other(format!("unexpected LSN `{}`", target.trim())))?;
+    loop {
+        let confirmed = blocking(|| {
+            pg.psql(
+                "catalog",
+                "SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = 'walbust'",
+            )
+        })?;
+        if crate::model::Lsn::parse(confirmed.trim()).is_some_and(|c| c >= target) {
+            return Ok(start.elapsed().as_millis() as u64);
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(ChaosError::Other(format!(
+                "walbust did not confirm {target} within 600 s (confirmed {}): it did not keep up with the writers; see the logs in {}",
+                confirmed.trim(),
+                work.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn tempdir_for(options: &ChaosOptions) -> Result<PathBuf, ChaosError> {
@@ -1532,5 +1553,84 @@ async fn scan(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Re
             return Ok(out);
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mode_rules_file_loads_without_warnings() {
+        for (file, text) in RULES {
+            let full = format!("{text}{}", PROBE_RULES.replace("MODE", file.trim_end_matches(".yaml")));
+            let loaded = crate::rules::load::load_str(file, &full).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+            assert!(loaded.warnings.is_empty(), "{file}: {:?}", loaded.warnings);
+        }
+    }
+
+    #[test]
+    fn fault_names_round_trip_and_unknown_names_list_the_valid_ones() {
+        for fault in Fault::ALL {
+            assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
+        }
+        let err = "reboot".parse::<Fault>().unwrap_err();
+        assert!(err.contains("kill9") && err.contains("takeover"), "{err}");
+    }
+
+    #[test]
+    fn scrapes_walbusts_latency_histogram() {
+        let metrics = "walbust_commit_to_applied_seconds_bucket{le=\"0.01\"} 90\n\
+                       walbust_commit_to_applied_seconds_bucket{le=\"0.1\"} 99\n\
+                       walbust_commit_to_applied_seconds_bucket{le=\"1\"} 100\n\
+                       walbust_commit_to_applied_seconds_count 100\n";
+        let mut latency = DaemonLatency::default();
+        latency.add_scrape(metrics);
+        latency.add_scrape(metrics);
+        assert_eq!(
+            (
+                latency.transactions,
+                latency.within_10ms,
+                latency.within_100ms,
+                latency.within_1s
+            ),
+            (200, 180, 198, 200)
+        );
+    }
+
+    fn mode(mode: Mode, stale: u64, lost: u64) -> ModeReport {
+        ModeReport {
+            mode: mode.label(),
+            stale_entries: stale,
+            invalidations_checked: 10,
+            lost,
+            ..ModeReport::default()
+        }
+    }
+
+    #[test]
+    fn fails_on_loss_on_stale_version_entries_and_on_a_blind_control() {
+        let report = |modes| ChaosReport {
+            committed_by_kind: vec![("price".into(), 1)],
+            modes,
+            ..ChaosReport::default()
+        };
+        let healthy = report(vec![
+            mode(Mode::Plain, 2, 0),
+            mode(Mode::Redelete, 1, 0),
+            mode(Mode::Version, 0, 0),
+            mode(Mode::Control, 5, 7),
+        ]);
+        // Stale plain entries are reported, not failed: that race is the plain protocol's.
+        assert!(healthy.failures().is_empty(), "{:?}", healthy.failures());
+        let lost = report(vec![mode(Mode::Plain, 0, 1), mode(Mode::Control, 5, 7)]);
+        assert!(lost.failures()[0].contains("lost"));
+        let stale = report(vec![mode(Mode::Version, 1, 0), mode(Mode::Control, 5, 7)]);
+        assert!(stale.failures()[0].contains("stale"));
+        let blind = report(vec![mode(Mode::Version, 0, 0), mode(Mode::Control, 0, 0)]);
+        assert!(blind.failures()[0].contains("blind"));
+        let mut idle = healthy.clone();
+        idle.committed_by_kind.push(("truncate".into(), 0));
+        assert!(idle.failures()[0].contains("truncate"));
     }
 }
