@@ -552,3 +552,49 @@ async fn a_redis_restarted_empty_gets_a_fresh_epoch_even_when_idle() {
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
+
+/// Regression: with `create_slot = true` a slot dropped under a running daemon (or missing on a
+/// promoted standby) used to be recreated silently on reconnect — the changes in between were
+/// skipped with no epoch bump. Now only the first connection may create the slot; afterwards a
+/// missing slot is a gap for `on_gap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_slot_never_hides_a_gap_after_streaming() {
+    let pg = pg();
+    pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").unwrap();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let mut cfg = config(&pg, rules.path(), &[&redis], "");
+    cfg.postgres.create_slot = true;
+    cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut c = conn(&redis);
+    // The first connection creates the slot (a first deployment).
+    wait_until("slot created", || {
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walbust'",
+        )
+        .map(|out| out.trim() == "1")
+        .unwrap_or(false)
+    });
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
+    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
+    wait_until("slot dropped", || {
+        let _ = pg.psql(
+            "app",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
+        );
+        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
+    });
+    wait_until("epoch bumped", || {
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 1)
+    });
+    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
+    wait_until("insert after the gap", || version(&mut c, "t:ver:product:2").is_some());
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}

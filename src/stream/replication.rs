@@ -246,9 +246,16 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut streamed = false;
     loop {
         let mut session = Session::new(&config, &tx, &progress);
+        // `create_slot` applies to the first connection only: once this process has streamed
+        // from the slot, a missing slot means its history has a gap (dropped, lost, or a failover
+        // to a server that never had it) — reported, for `on_gap` to decide, never silently
+        // recreated.
+        session.may_create_slot = !streamed;
         let result = session.run(&mut shutdown, &mut backoff).await;
+        streamed |= session.started;
         progress.connected.store(false, Ordering::Release);
         match result {
             Ok(()) => return,
@@ -289,6 +296,7 @@ struct Session<'a> {
     reported: Lsn,
     last_status: Instant,
     started: bool,
+    may_create_slot: bool,
 }
 
 impl<'a> Session<'a> {
@@ -304,6 +312,7 @@ impl<'a> Session<'a> {
             reported: progress.reported(),
             last_status: Instant::now(),
             started: false,
+            may_create_slot: true,
         }
     }
 
@@ -330,7 +339,7 @@ impl<'a> Session<'a> {
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> Result<(), StreamError> {
         let mut conn = ReplicationConnection::connect(&self.config.connect).await?;
-        preflight(&mut conn, self.config).await?;
+        preflight(&mut conn, self.config, self.may_create_slot).await?;
         let command = format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
             quote_ident(&self.config.slot),
@@ -484,7 +493,11 @@ fn classify(e: ConnError, config: &StreamConfig) -> StreamError {
 }
 
 /// Checks the server and slot before streaming; creates publication and slot when asked.
-async fn preflight(conn: &mut ReplicationConnection, config: &StreamConfig) -> Result<(), StreamError> {
+async fn preflight(
+    conn: &mut ReplicationConnection,
+    config: &StreamConfig,
+    may_create_slot: bool,
+) -> Result<(), StreamError> {
     let wal_level = conn.simple_query("SHOW wal_level").await?;
     let level = wal_level.first("wal_level").unwrap_or("").to_string();
     if level != "logical" {
@@ -502,7 +515,7 @@ async fn preflight(conn: &mut ReplicationConnection, config: &StreamConfig) -> R
     let slot = slot_info(conn, &config.slot).await?;
     let slot = match slot {
         Some(s) => s,
-        None if config.create_slot => {
+        None if config.create_slot && may_create_slot => {
             create_slot(conn, &config.slot, false).await?;
             slot_info(conn, &config.slot)
                 .await?
