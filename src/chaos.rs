@@ -764,19 +764,23 @@ async fn write_once(
     let category = 1 + rng.below(6) as i64;
     let e = |e: tokio_postgres::Error| e.to_string();
     let tx = db.transaction().await.map_err(e)?;
-    let (probes, rows): (Vec<String>, u64) = match kind {
-        WriteKind::Price | WriteKind::Move => {
-            let sql = if matches!(kind, WriteKind::Price) {
-                "UPDATE products SET price_cents = price_cents + 1, rev = nextval('chaos_rev') WHERE id = $1 RETURNING rev"
-            } else {
-                "UPDATE products SET category_id = $2, rev = nextval('chaos_rev') WHERE id = $1 RETURNING rev"
-            };
-            let rows = if matches!(kind, WriteKind::Price) {
-                tx.query(sql, &[&id]).await.map_err(e)?
-            } else {
-                tx.query(sql, &[&id, &category]).await.map_err(e)?
-            };
-            (probe_keys(&rows, "p"), rows.len() as u64)
+    // Every changed row returns its new `rev` (its `id` for deletes): one probe per row.
+    let probes = match kind {
+        WriteKind::Price => probes_of(
+            &tx,
+            "p",
+            "UPDATE products SET price_cents = price_cents + 1, rev = nextval('chaos_rev') WHERE id = $1 RETURNING rev",
+            &[&id],
+        )
+        .await?,
+        WriteKind::Move => {
+            probes_of(
+                &tx,
+                "p",
+                "UPDATE products SET category_id = $2, rev = nextval('chaos_rev') WHERE id = $1 RETURNING rev",
+                &[&id, &category],
+            )
+            .await?
         }
         WriteKind::Insert => {
             let new_id: i64 = tx
@@ -784,60 +788,66 @@ async fn write_once(
                 .await
                 .map_err(e)?
                 .get(0);
-            let row = tx
-                .query_one(
-                    "INSERT INTO products (id, category_id, sku, name, price_cents) VALUES ($1, $2, 'CH-' || $1::bigint, 'new ' || $1::bigint, 500) RETURNING rev",
-                    &[&new_id, &category],
-                )
-                .await
-                .map_err(e)?;
+            let probes = probes_of(
+                &tx,
+                "p",
+                "INSERT INTO products (id, category_id, sku, name, price_cents) VALUES ($1, $2, 'CH-' || $1::bigint, 'new ' || $1::bigint, 500) RETURNING rev",
+                &[&new_id, &category],
+            )
+            .await?;
             shared.max_inserted.fetch_max(new_id, Ordering::Relaxed);
-            (vec![format!("probe:p:{}", row.get::<_, i64>(0))], 1)
+            probes
         }
         WriteKind::Delete => {
-            let rows = tx
-                .query(
-                    "DELETE FROM products WHERE id = (SELECT min(id) FROM products WHERE id >= 100000) RETURNING id",
-                    &[],
-                )
-                .await
-                .map_err(e)?;
-            (probe_keys(&rows, "d"), rows.len() as u64)
+            probes_of(
+                &tx,
+                "d",
+                "DELETE FROM products WHERE id = (SELECT min(id) FROM products WHERE id >= 100000) RETURNING id",
+                &[],
+            )
+            .await?
         }
         WriteKind::Recs => {
             let product = 1 + rng.below(RECS_PRODUCTS as u64) as i64;
-            let rows = tx
-                .query(
-                    "UPDATE recommendations SET score = score + 1, rev = nextval('chaos_rev') WHERE product_id = $1 RETURNING rev",
-                    &[&product],
-                )
-                .await
-                .map_err(e)?;
-            (probe_keys(&rows, "r"), rows.len() as u64)
+            probes_of(
+                &tx,
+                "r",
+                "UPDATE recommendations SET score = score + 1, rev = nextval('chaos_rev') WHERE product_id = $1 RETURNING rev",
+                &[&product],
+            )
+            .await?
         }
         // Written by the truncater task, never picked here.
-        WriteKind::Truncate => (Vec::new(), 0),
+        WriteKind::Truncate => Vec::new(),
         WriteKind::Bulk => {
             // Half of a category's seeded products: about 17 rows.
             let residue = rng.below(2) as i64;
-            let rows = tx
-                .query(
-                    "UPDATE products SET price_cents = price_cents + 1, rev = nextval('chaos_rev') WHERE category_id = $1 AND id % 2 = $2 AND id <= $3 RETURNING rev",
-                    &[&category, &residue, &products],
-                )
-                .await
-                .map_err(e)?;
-            (probe_keys(&rows, "p"), rows.len() as u64)
+            probes_of(
+                &tx,
+                "p",
+                "UPDATE products SET price_cents = price_cents + 1, rev = nextval('chaos_rev') WHERE category_id = $1 AND id % 2 = $2 AND id <= $3 RETURNING rev",
+                &[&category, &residue, &products],
+            )
+            .await?
         }
     };
+    let rows = probes.len() as u64;
     commit_with_probes(tx, redis, shared, probes, rows, kind).await
 }
 
-/// `probe:<kind>:<value>` for the first column of every returned row (a `rev` or an `id`).
-fn probe_keys(rows: &[tokio_postgres::Row], kind: &str) -> Vec<String> {
-    rows.iter()
+/// Runs a statement that returns one bigint per changed row (a `rev` or an `id`) and names the
+/// probe of each: `probe:<kind>:<value>`.
+async fn probes_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    kind: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<String>, String> {
+    let rows = tx.query(sql, params).await.map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
         .map(|r| format!("probe:{kind}:{}", r.get::<_, i64>(0)))
-        .collect()
+        .collect())
 }
 
 /// Sets the probes of every mode, then commits; registers the probes with the COMMIT time.

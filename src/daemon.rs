@@ -50,13 +50,6 @@ pub struct RunSummary {
     pub applied: Option<Lsn>,
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// Startup checks with database access: the schema facts `check --db` uses; errors (a rule that
 /// cannot render for its table's replica identity without a fallback, missing tables or
 /// columns, tables outside the publication) refuse the start unless allowed.
@@ -138,7 +131,7 @@ async fn apply_everywhere(
             return false;
         }
         // Jittered exponential backoff.
-        let jitter = now_micros() as u64 % (delay.as_millis() as u64 / 2 + 1);
+        let jitter = Timestamp::now().0 as u64 % (delay.as_millis() as u64 / 2 + 1);
         tokio::time::sleep(delay / 2 + Duration::from_millis(jitter)).await;
         delay = (delay * 2).min(retry_max);
     }
@@ -198,6 +191,7 @@ pub async fn run(
 
     let mut targets = Vec::new();
     let mut redelete_targets = Vec::new();
+    let redeletes = rules.rules.iter().any(|rule| rule.redelete_after.is_some());
     for (i, r) in cfg.redis.iter().enumerate() {
         let ca = match &r.ca_cert {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -205,26 +199,19 @@ pub async fn run(
             })?),
             None => None,
         };
-        let target = RedisTarget::with_tls(
-            &r.url,
-            r.cluster,
-            ca.clone(),
-            cfg.apply.delete_command,
-            &cfg.rules.tag_prefix,
-        )
-        .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?
-        .with_epoch_key(&cfg.apply.epoch_key);
+        let connect = |ca: Option<Vec<u8>>| {
+            RedisTarget::with_tls(&r.url, r.cluster, ca, cfg.apply.delete_command, &cfg.rules.tag_prefix)
+                .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))
+        };
+        let target = connect(ca.clone())?.with_epoch_key(&cfg.apply.epoch_key);
         if r.cluster && rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty()) {
             return Err(DaemonError::Config(format!(
                 "redis[{i}]: delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys"
             )));
         }
         targets.push(target);
-        if rules.rules.iter().any(|rule| rule.redelete_after.is_some()) {
-            redelete_targets.push(
-                RedisTarget::with_tls(&r.url, r.cluster, ca, cfg.apply.delete_command, &cfg.rules.tag_prefix)
-                    .map_err(|e| DaemonError::Config(format!("redis[{i}].url: {e}")))?,
-            );
+        if redeletes {
+            redelete_targets.push(connect(ca)?);
         }
     }
     for target in &mut targets {
@@ -272,9 +259,10 @@ pub async fn run(
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
         on_shutdown.stop.store(true, Ordering::SeqCst);
-        on_shutdown
-            .give_up_at
-            .store(now_micros() + shutdown_timeout.as_micros() as i64, Ordering::SeqCst);
+        on_shutdown.give_up_at.store(
+            Timestamp::now().0 + shutdown_timeout.as_micros() as i64,
+            Ordering::SeqCst,
+        );
         let _ = shutdown_tx.send(true);
     });
     let is_shutdown = || shared.stop.load(Ordering::SeqCst);
@@ -373,7 +361,7 @@ pub async fn run(
     // Graceful: apply what is in flight (bounded by shutdown_timeout), acknowledge, final status.
     if shared.give_up_at.load(Ordering::SeqCst) == 0 {
         shared.give_up_at.store(
-            now_micros() + config.shutdown_timeout.as_micros() as i64,
+            Timestamp::now().0 + config.shutdown_timeout.as_micros() as i64,
             Ordering::SeqCst,
         );
     }
@@ -411,6 +399,12 @@ struct Shared {
 
 const IDLE_PING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Counts the targets' fresh epochs (see [`RedisTarget::with_epoch_key`]) in the metrics.
+fn record_epoch_resets(targets: &mut [RedisTarget], metrics: &Metrics) {
+    let resets: u64 = targets.iter_mut().map(RedisTarget::take_epoch_resets).sum();
+    metrics.epoch_resets.fetch_add(resets, Ordering::Relaxed);
+}
+
 /// The apply task: takes batches in order, applies each to every target (retrying), then
 /// acknowledges its last commit's end LSN.
 struct Applier {
@@ -437,21 +431,17 @@ impl Applier {
                     Ok(None) => break,
                     Err(_) => {
                         for target in targets.iter_mut() {
-                            let resets = target.epoch_resets;
                             if let Err(e) = target.ping().await {
                                 tracing::debug!(target = %target.name, error = %e, "idle ping failed");
                             }
-                            metrics
-                                .epoch_resets
-                                .fetch_add(target.epoch_resets - resets, Ordering::Relaxed);
                         }
+                        record_epoch_resets(&mut targets, &metrics);
                         continue;
                     }
                 };
-                let resets: u64 = targets.iter().map(|t| t.epoch_resets).sum();
                 let give_up = || {
                     let at = shared.give_up_at.load(Ordering::SeqCst);
-                    at != 0 && now_micros() >= at
+                    at != 0 && Timestamp::now().0 >= at
                 };
                 if !apply_everywhere(&mut targets, &batch, &metrics, config.retry_max_delay, &give_up).await {
                     tracing::warn!(
@@ -459,9 +449,8 @@ impl Applier {
                     );
                     break;
                 }
-                let after: u64 = targets.iter().map(|t| t.epoch_resets).sum();
-                metrics.epoch_resets.fetch_add(after - resets, Ordering::Relaxed);
-                let now = now_micros();
+                record_epoch_resets(&mut targets, &metrics);
+                let now = Timestamp::now().0;
                 for t in &batch.commit_times {
                     metrics.latency(((now - t.0).max(0) as f64) / 1e6);
                 }
@@ -651,5 +640,5 @@ async fn poll_slot_stats(connect: ConnectOptions, slot: String, every: Duration,
 
 /// The commit time as the stream reported it, for latency (exposed for tests).
 pub fn latency_seconds(commit: Timestamp) -> f64 {
-    ((now_micros() - commit.0).max(0) as f64) / 1e6
+    ((Timestamp::now().0 - commit.0).max(0) as f64) / 1e6
 }

@@ -200,6 +200,16 @@ pub enum Change {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// The current time.
+    pub fn now() -> Timestamp {
+        Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
+        )
+    }
+
     /// From PostgreSQL's epoch (2000-01-01) in microseconds, as pgoutput sends it.
     pub fn from_pg_micros(micros: i64) -> Timestamp {
         Timestamp(micros.saturating_add(946_684_800_000_000))

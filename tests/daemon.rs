@@ -99,6 +99,28 @@ fn confirmed(pg: &PgInstance) -> Lsn {
     .unwrap_or_default()
 }
 
+/// With a daemon running on_gap = bump_epoch: an insert is applied, the slot is dropped under
+/// the daemon (walsender first), the epoch must go up by one and the next insert must be
+/// applied from the new slot. Returns the epoch before the gap.
+fn stream_across_a_dropped_slot(pg: &PgInstance, c: &mut redis::Connection) -> i64 {
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    wait_until("first insert", || version(c, "t:ver:product:1").is_some());
+    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
+    wait_until("slot dropped", || {
+        let _ = pg.psql(
+            "app",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
+        );
+        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
+    });
+    wait_until("epoch bumped", || {
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 1)
+    });
+    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
+    wait_until("insert after the gap", || version(c, "t:ver:product:2").is_some());
+    epoch
+}
+
 fn version(c: &mut redis::Connection, key: &str) -> Option<u64> {
     c.get::<_, Option<String>>(key).unwrap().map(|v| v.parse().unwrap())
 }
@@ -457,25 +479,9 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
         let _ = stop_rx.await;
     }));
     let mut c = conn(&redis);
-    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
-    wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
+    let epoch = stream_across_a_dropped_slot(&pg, &mut c);
     // The daemon gave the new target a fresh epoch when it connected.
-    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
     assert!(epoch > 1_000_000_000_000_000, "a microsecond timestamp: {epoch}");
-    // Drop the slot under the daemon (walsender first, then the slot).
-    wait_until("slot dropped", || {
-        let _ = pg.psql(
-            "app",
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
-        );
-        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
-    });
-    wait_until("epoch bumped", || {
-        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 1)
-    });
-    // The daemon goes on from the new slot.
-    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
-    wait_until("insert after the gap", || version(&mut c, "t:ver:product:2").is_some());
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
@@ -528,7 +534,8 @@ async fn a_redis_restarted_empty_gets_a_fresh_epoch_even_when_idle() {
     let pg = pg();
     let mut redis = RedisInstance::start().unwrap();
     let rules = rules_dir();
-    let cfg = config(&pg, rules.path(), &[&redis], "");
+    let port = free_port();
+    let cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
         let _ = stop_rx.await;
@@ -549,6 +556,10 @@ async fn a_redis_restarted_empty_gets_a_fresh_epoch_even_when_idle() {
     });
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert!(second > first, "{second:?} after {first:?}");
+    // Both fresh epochs are counted: at the first connection and after the restart.
+    wait_until("epoch resets in the metrics", || {
+        http_get(port, "/metrics").contains("walbust_redis_epoch_resets_total 2")
+    });
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
@@ -580,21 +591,7 @@ async fn create_slot_never_hides_a_gap_after_streaming() {
         .map(|out| out.trim() == "1")
         .unwrap_or(false)
     });
-    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
-    wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
-    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
-    wait_until("slot dropped", || {
-        let _ = pg.psql(
-            "app",
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
-        );
-        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
-    });
-    wait_until("epoch bumped", || {
-        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 1)
-    });
-    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
-    wait_until("insert after the gap", || version(&mut c, "t:ver:product:2").is_some());
+    stream_across_a_dropped_slot(&pg, &mut c);
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }

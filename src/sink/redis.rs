@@ -95,15 +95,9 @@ pub struct RedisTarget {
     /// When set, every new connection makes sure this epoch key exists (see
     /// [`RedisTarget::with_epoch_key`]).
     epoch_key: Option<String>,
-    /// How often a new connection found the epoch key missing (a fresh or restarted target).
-    pub epoch_resets: u64,
-}
-
-fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+    /// New connections that found the epoch key missing (a fresh or restarted target), since
+    /// the last [`RedisTarget::take_epoch_resets`].
+    epoch_resets: u64,
 }
 
 /// The URL without its password.
@@ -200,6 +194,11 @@ impl RedisTarget {
         self
     }
 
+    /// How many fresh epochs were set since the last call (for the metric).
+    pub fn take_epoch_resets(&mut self) -> u64 {
+        std::mem::take(&mut self.epoch_resets)
+    }
+
     fn err(&self, source: redis::RedisError) -> RedisError {
         RedisError::Redis {
             target: self.name.clone(),
@@ -232,7 +231,7 @@ impl RedisTarget {
         if let Some(key) = self.epoch_key.clone() {
             let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
                 .arg(&key)
-                .arg(now_micros())
+                .arg(crate::model::Timestamp::now().0)
                 .arg("NX")
                 .query_async(&mut fresh)
                 .await;
