@@ -5,6 +5,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
+COPY migrations ./migrations
 COPY benches ./benches
 COPY examples ./examples
 COPY rules ./rules

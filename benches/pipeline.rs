@@ -8,10 +8,10 @@ mod gen_sample;
 use gen_sample::{write_sample, SynthFormat};
 use std::sync::Arc;
 use std::time::Instant;
-use walbust::dryrun::{self, OutputFormat};
 use walbust::model::Event;
 use walbust::plan::Planner;
 use walbust::sample::{self, InputFormat};
+use walbust::sink::dryrun::{self, OutputFormat};
 
 fn rules() -> Arc<walbust::rules::RuleSet> {
     let text = include_str!("../rules/catalog.yaml");

@@ -4,12 +4,12 @@
 //! cargo run --example capture_samples -- [--out samples/]
 //! ```
 //!
-//! Starts a throwaway PostgreSQL (walbust::harness), applies `migrations/`, creates a
+//! Starts a throwaway PostgreSQL (walbust_testkit::harness), applies `migrations/`, creates a
 //! test_decoding and a wal2json slot, runs `samples/workload.sql`, and writes what both slots
 //! return to `catalog.test_decoding.txt` and `catalog.wal2json.jsonl`.
 
 use std::path::{Path, PathBuf};
-use walbust::harness::PgInstance;
+use walbust_testkit::harness::PgInstance;
 
 fn slot_lines(pg: &PgInstance, db: &str, query: &str) -> Result<String, Box<dyn std::error::Error>> {
     // Rows are joined with a record separator that cannot occur in decoded output, so values

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use walbust::config::{Config, RedisConfig};
-use walbust::harness::{free_port, PgInstance, RedisInstance};
 use walbust::model::Lsn;
+use walbust_testkit::harness::{free_port, PgInstance, RedisInstance};
 
 const RULES: &str = r#"
 version: 1
@@ -54,7 +54,7 @@ mod tempfile_dir {
 fn setup() -> Setup {
     // synchronous_commit=on: with it off (the harness default) WAL reaches the walsender only at
     // the WAL writer's pace (up to 200 ms), which would measure PostgreSQL, not walbust.
-    let pg = PgInstance::start_with(walbust::harness::PgOptions {
+    let pg = PgInstance::start_with(walbust_testkit::harness::PgOptions {
         extra_conf: vec![("synchronous_commit".into(), "on".into())],
         ..Default::default()
     })
@@ -325,7 +325,7 @@ async fn bigtxn(s: &Setup) {
     println!(
         "1,000,000-row transaction applied in {:.2} s (fan-out breaker: rule fallback); peak RSS of the daemon process {:.1} MB",
         t.elapsed().as_secs_f64(),
-        walbust::harness::peak_rss_mb()
+        walbust_testkit::harness::peak_rss_mb()
     );
     let _ = stop.send(());
     handle.await.unwrap().unwrap();
@@ -355,7 +355,7 @@ async fn main() {
     }
     println!(
         "peak RSS of this process (daemon included): {:.1} MB",
-        walbust::harness::peak_rss_mb()
+        walbust_testkit::harness::peak_rss_mb()
     );
     drop(s.redis);
 }

@@ -11,10 +11,10 @@
 //! sink, alternating, and reports the times, the ratio and walbust's peak RSS.
 
 use std::time::{Duration, Instant};
-use walbust::harness::PgInstance;
 use walbust::model::{Event, Lsn};
-use walbust::stream::conn::ConnectOptions;
-use walbust::stream::replication::{Stream, StreamConfig, StreamItem};
+use walbust::source::conn::ConnectOptions;
+use walbust::source::stream::{Stream, StreamConfig, StreamItem};
+use walbust_testkit::harness::PgInstance;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -154,6 +154,6 @@ async fn main() {
         "ratio walbust / pg_recvlogical: {:.3}; {:.0} changes/s; walbust peak RSS {:.1} MB",
         ours.as_secs_f64() / recv.as_secs_f64(),
         changes as f64 / ours.as_secs_f64(),
-        walbust::harness::peak_rss_mb()
+        walbust_testkit::harness::peak_rss_mb()
     );
 }

@@ -3,6 +3,7 @@
 //! redacted whenever the configuration is printed.
 
 use crate::rules::load::parse_duration;
+use crate::rules::RuleSet;
 use crate::sink::redis::{redact_url, DeleteCommand};
 use serde::Deserialize;
 use std::fmt;
@@ -339,6 +340,22 @@ impl Config {
             shutdown_timeout: duration("shutdown_timeout", &self.shutdown_timeout)?,
             config: self,
         })
+    }
+}
+
+impl Validated {
+    /// The checks that need the loaded rules as well as the configuration.
+    pub fn check_rules(&self, rules: &RuleSet) -> Result<(), ConfigError> {
+        let patterns = rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty());
+        for (i, r) in self.config.redis.iter().enumerate() {
+            if r.cluster && patterns {
+                return Err(invalid(
+                    &format!("redis[{i}]"),
+                    "delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

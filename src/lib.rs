@@ -1,27 +1,39 @@
-//! walbust: PostgreSQL logical replication -> declarative rules -> Redis cache invalidation.
+//! walbust: PostgreSQL logical replication → declarative rules → cache invalidation.
 //!
-//! Pipeline stages, each its own module:
-//! [`sample`] (WAL sample readers) → [`model`] (the change model) → [`rules`] (load,
-//! validate, evaluate) → [`plan`] (deduplicated actions per transaction) → sinks
-//! ([`dryrun`] printer). [`check`] validates rules statically and against a live schema;
-//! [`harness`] starts throwaway PostgreSQL and Redis servers for tests and demos.
+//! ```text
+//!  source ──bytes──▶ decode ──Event──▶ rules ──▶ plan ──Batch──▶ sinks (Redis, dry-run printer)
+//!  (PostgreSQL)      (core)           (core)    (core)            │
+//!     ▲                                                            │ Ok from every sink
+//!     └──────────── acknowledge (daemon: the one applied position) ◀┘
+//! ```
+//!
+//! This crate is the daemon and the `walbust` command line. The pure stages — the change
+//! model, the byte cursor, pgoutput decoding, sample readers, rules and planning — live in
+//! [`walbust_core`] (no tokio, no network) and are re-exported here under their usual names.
+//! Applications link only [`walbust_client`] (re-exported as [`client`]); test and demo tooling
+//! lives in `walbust-testkit`. See docs/architecture.md.
+//!
+//! * [`source`]: the replication connection, the stream, slot administration, `record`, `status`.
+//! * [`sink`]: the [`sink::Sink`] contract and its targets: Redis and the dry-run printer.
+//! * [`daemon`]: `walbust run` — the loop, the applier that owns the applied position, gap recovery.
+//! * [`config`]: the configuration file, environment and flag overrides, one `validate()`.
+//! * [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! * [`cli`]: the subcommands behind the thin `walbust` binary.
 
-pub mod capture;
-pub mod catalog;
-pub mod chaos;
-pub mod check;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod dryrun;
-pub mod harness;
 pub mod metrics;
-pub mod model;
-pub mod plan;
-pub mod record;
-pub mod rules;
-pub mod sample;
+pub mod retry;
 pub mod sink;
-pub mod status;
-pub mod stream;
+pub mod source;
+
+pub use walbust_client as client;
+pub use walbust_core::{bytes, catalog, decode, model, plan, rules, sample};
+
+/// `walbust check`: static notes and the schema comparison (pure, in the core) and reading the
+/// schema facts from a database (the source).
+pub mod check {
+    pub use crate::source::schema::{read_schema, read_schema_with, CheckDbError};
+    pub use walbust_core::rules::check::*;
+}

@@ -2,13 +2,13 @@
 //! the test with openssl) against a harness PostgreSQL with its own pg_hba.conf.
 
 use std::path::Path;
-use walbust::harness::{PgInstance, PgOptions};
-use walbust::stream::conn::{ConnError, ConnectOptions, ReplicationConnection};
+use walbust::source::conn::{ConnError, ConnectOptions, ReplicationConnection};
+use walbust_testkit::harness::{PgInstance, PgOptions};
 
 /// A test CA and a server certificate it signed, valid only for `db.internal` (not for
 /// 127.0.0.1 or localhost). Returns (ca.crt, server.crt, server.key).
 fn make_certs(dir: &Path) -> (String, String, String) {
-    let (ca, cert, key) = walbust::harness::make_test_certs(dir, "DNS:db.internal").unwrap();
+    let (ca, cert, key) = walbust_testkit::harness::make_test_certs(dir, "DNS:db.internal").unwrap();
     (
         ca.display().to_string(),
         cert.display().to_string(),

@@ -4,9 +4,9 @@
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_invalidation_is_lost_and_version_keys_never_serve_stale_entries_under_faults() {
-    let options = walbust::chaos::ChaosOptions::short(env!("CARGO_BIN_EXE_walbust").into());
+    let options = walbust_testkit::chaos::ChaosOptions::short(env!("CARGO_BIN_EXE_walbust").into());
     let mut progress = std::io::stderr();
-    let report = walbust::chaos::run(options, &mut progress).await.unwrap();
+    let report = walbust_testkit::chaos::run(options, &mut progress).await.unwrap();
     eprintln!("{}", report.to_markdown());
     assert_eq!(report.faults.len(), 6);
     assert!(report.writes > 500, "too few writes: {}", report.writes);

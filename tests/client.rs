@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use walbust::client::{CacheClient, Entry, Source};
-use walbust::harness::RedisInstance;
+use walbust_testkit::harness::RedisInstance;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_aside_with_versions_tags_and_epoch() {

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use walbust::config::{Config, RedisConfig};
-use walbust::harness::{free_port, PgInstance, PgOptions, RedisInstance};
 use walbust::model::Lsn;
+use walbust_testkit::harness::{free_port, PgInstance, PgOptions, RedisInstance};
 
 const RULES: &str = r#"
 version: 1
@@ -390,7 +390,7 @@ fn kill_9_replays_without_loss_sigterm_acknowledges_and_a_standby_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_to_a_three_node_redis_cluster() {
     let pg = pg();
-    let cluster = walbust::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
+    let cluster = walbust_testkit::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
     let rules = tempfile::tempdir().unwrap();
     // delete_matching is refused on cluster targets; the other kinds apply across slots.
     std::fs::write(
@@ -489,7 +489,7 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_over_tls_with_a_configured_ca() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca_cert, cert, key) = walbust::harness::make_test_certs(certs.path(), "IP:127.0.0.1").unwrap();
+    let (ca_cert, cert, key) = walbust_testkit::harness::make_test_certs(certs.path(), "IP:127.0.0.1").unwrap();
     let tls_port = free_port().to_string();
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let redis = RedisInstance::start_with_args(&[

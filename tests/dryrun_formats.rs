@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use walbust::dryrun::{self, OutputFormat};
-use walbust::harness::PgInstance;
 use walbust::sample::{self, InputFormat};
+use walbust::sink::dryrun::{self, OutputFormat};
+use walbust_testkit::harness::PgInstance;
 
 const WORKLOAD: &str = r#"
 UPDATE products SET price_cents = price_cents + 100 WHERE id = 1;

@@ -2,7 +2,7 @@
 //! free ports, gone after drop.
 
 use std::io::{Read, Write};
-use walbust::harness::{PgInstance, RedisInstance};
+use walbust_testkit::harness::{PgInstance, RedisInstance};
 
 #[test]
 fn postgres_and_redis_start_and_stop() {

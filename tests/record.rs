@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use walbust::harness::PgInstance;
 use walbust::model::{Event, Lsn};
 use walbust::plan::{PlannedTxn, Planner};
-use walbust::record::{record, RecordOptions, StopAt};
 use walbust::sample::{open_reader, InputFormat};
-use walbust::stream::conn::ConnectOptions;
-use walbust::stream::replication::{Stream, StreamConfig, StreamItem};
+use walbust::source::conn::ConnectOptions;
+use walbust::source::record::{record, RecordOptions, StopAt};
+use walbust::source::stream::{Stream, StreamConfig, StreamItem};
+use walbust_testkit::harness::PgInstance;
 
 fn repo(p: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)

@@ -4,10 +4,10 @@
 //! the distinct errors for slot and publication problems.
 
 use std::time::Duration;
-use walbust::harness::{PgInstance, PgOptions};
 use walbust::model::{Change, Datum, Event, Lsn, Op, ReplicaIdentity, RowChange};
-use walbust::stream::conn::ConnectOptions;
-use walbust::stream::replication::{Stream, StreamConfig, StreamError, StreamItem};
+use walbust::source::conn::ConnectOptions;
+use walbust::source::stream::{Stream, StreamConfig, StreamError, StreamItem};
+use walbust_testkit::harness::{PgInstance, PgOptions};
 
 fn config(url: &str, slot: &str, publication: &str) -> StreamConfig {
     let mut c = StreamConfig::new(ConnectOptions::parse(url).unwrap(), slot, publication);

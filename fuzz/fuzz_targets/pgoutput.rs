@@ -2,8 +2,8 @@
 //! the pgoutput decoder (with a relation known) must give errors, never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use walbust::stream::frames::parse_server_frame;
-use walbust::stream::pgoutput::Decoder;
+use walbust_core::decode::frames::parse_server_frame;
+use walbust_core::decode::pgoutput::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_server_frame(data);

@@ -2,7 +2,7 @@
 //! errors, never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use walbust::sample::{open_reader, InputFormat};
+use walbust_core::sample::{open_reader, InputFormat};
 
 fuzz_target!(|data: &[u8]| {
     for format in [InputFormat::TestDecoding, InputFormat::Wal2JsonV2, InputFormat::Wal2JsonV1, InputFormat::Capture] {

@@ -1,141 +1,69 @@
-//! Sinks: where planned transactions go. [`Batch`] merges committed transactions into one
-//! deduplicated set of actions (a key deleted by five transactions is deleted once; a version
-//! key keeps the highest LSN); [`redis`] applies a batch to one Redis target.
+//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), the dry-run
+//! printer ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
+//!
+//! # The delivery contract
+//!
+//! * **Unit.** A sink receives [`Batch`]es: the deduplicated actions of one or more committed
+//!   transactions, in commit order, never a partial or aborted transaction.
+//! * **Progress.** The daemon acknowledges a batch's last commit to PostgreSQL only after every
+//!   sink returned `Ok` from [`Sink::apply`] for it (and for every batch before it). `Ok` means
+//!   the actions are durable in the target as far as the target can promise.
+//! * **Retries and replay (at-least-once).** On `Err` the daemon applies the *same* batch to
+//!   that sink again, with backoff, until it succeeds; after a crash or a reconnect, batches
+//!   after the acknowledged position are delivered again. So `apply` must be idempotent:
+//!   applying a batch, or any earlier batch, twice must leave the target as applying it once.
+//! * **Coarser, never narrower.** A sink that cannot perform an action exactly performs a
+//!   coarser one (more invalidated) or fails; it never skips an action silently.
+//! * **Gaps.** [`Sink::bump_epoch`] invalidates everything the target holds; the daemon calls it
+//!   when the slot's history has a gap (`on_gap = bump_epoch`).
+//!
+//! To add a target: implement [`Sink`], build it from its configuration entry in
+//! `daemon::targets`, and test it against the real service (see docs/architecture.md).
 
+pub mod dryrun;
 pub mod redis;
 
-use crate::model::{Lsn, Timestamp};
-use crate::plan::PlannedTxn;
-use std::collections::{HashMap, HashSet};
+pub use walbust_core::plan::Batch;
 
-/// Actions of several committed transactions, deduplicated across them.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub delete: HashSet<String>,
-    /// Version key → the highest commit LSN that bumps it.
-    pub bump: HashMap<String, u64>,
-    /// Tag set keys (`<prefix><tag_prefix><tag>`).
-    pub tags: HashSet<String>,
-    pub delete_matching: HashSet<String>,
-    /// Keys to delete again after a delay (`redelete_after`), longest delay kept.
-    pub redelete: HashMap<String, std::time::Duration>,
-    /// `(channel, JSON payload)`, one per transaction and channel.
-    pub publish: Vec<(String, String)>,
-    pub transactions: u64,
-    pub changes: u64,
-    /// End LSN of the last transaction: the position to acknowledge once applied.
-    pub last_end: Option<Lsn>,
-    /// Commit times, for the commit-to-applied latency.
-    pub commit_times: Vec<Timestamp>,
+use std::future::Future;
+use std::pin::Pin;
+
+/// What a sink's async methods return.
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
+
+/// A sink could not apply (the batch will be applied again) or cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Redis(#[from] self::redis::RedisError),
+    #[error("cannot write: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-impl Batch {
-    /// Adds a committed transaction.
-    pub fn add(&mut self, txn: &PlannedTxn) {
-        self.transactions += 1;
-        self.changes += txn.changes;
-        for key in &txn.delete {
-            if !self.delete.contains(key) {
-                self.delete.insert(key.clone());
-            }
-        }
-        let version = txn.commit.lsn.map(|l| l.0).unwrap_or(0);
-        for key in &txn.bump {
-            match self.bump.get_mut(key) {
-                Some(v) => *v = (*v).max(version),
-                None => {
-                    self.bump.insert(key.clone(), version);
-                }
-            }
-        }
-        for key in &txn.tag_keys {
-            if !self.tags.contains(key) {
-                self.tags.insert(key.clone());
-            }
-        }
-        for (key, delay) in &txn.redelete {
-            let entry = self.redelete.entry(key.clone()).or_default();
-            *entry = (*entry).max(*delay);
-        }
-        for key in &txn.delete_matching {
-            if !self.delete_matching.contains(key) {
-                self.delete_matching.insert(key.clone());
-            }
-        }
-        if !txn.publish.is_empty() {
-            let payload = serde_json::json!({
-                "lsn": txn.commit.lsn.map(|l| l.to_string()),
-                "commit_time": txn.commit.commit_time.map(|t| t.to_string()),
-                "delete": txn.delete,
-                "bump": txn.bump,
-                "tags": txn.tags,
-            })
-            .to_string();
-            for channel in &txn.publish {
-                self.publish.push((channel.clone(), payload.clone()));
-            }
-        }
-        if let Some(end) = txn.commit.end_lsn {
-            self.last_end = Some(self.last_end.map_or(end, |l| l.max(end)));
-        }
-        if let Some(t) = txn.commit.commit_time {
-            self.commit_times.push(t);
-        }
+/// A target of planned invalidations. See the module documentation for the contract.
+pub trait Sink: Send {
+    /// A name for logs and metric labels (no secrets).
+    fn name(&self) -> &str;
+
+    /// Applies every action of `batch`. Idempotent; on `Err` the same batch comes again.
+    fn apply<'a>(&'a mut self, batch: &'a Batch) -> SinkFuture<'a, ()>;
+
+    /// Checks the target answers (while idle). The default has nothing to check.
+    fn ping(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 
-    /// Number of actions (keys, patterns, announcements) in the batch.
-    pub fn actions(&self) -> usize {
-        self.delete.len() + self.bump.len() + self.tags.len() + self.delete_matching.len() + self.publish.len()
+    /// Invalidates everything the target holds (a gap in the slot's history); returns the new
+    /// epoch where the target keeps one.
+    fn bump_epoch(&mut self) -> SinkFuture<'_, Option<i64>>;
+
+    /// Round trips to the target since the last call (for metrics).
+    fn take_round_trips(&mut self) -> u64 {
+        0
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.transactions == 0
-    }
-
-    pub fn clear(&mut self) {
-        *self = Batch::default();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::CommitInfo;
-
-    fn txn(lsn: u64, delete: &[&str], bump: &[&str]) -> PlannedTxn {
-        PlannedTxn {
-            commit: CommitInfo {
-                xid: Some(1),
-                lsn: Some(Lsn(lsn)),
-                end_lsn: Some(Lsn(lsn + 8)),
-                commit_time: None,
-            },
-            changes: 1,
-            delete: delete.iter().map(|s| s.to_string()).collect(),
-            bump: bump.iter().map(|s| s.to_string()).collect(),
-            tags: vec![],
-            tag_keys: vec![],
-            redelete: vec![],
-            delete_matching: vec![],
-            publish: vec!["ch".into()],
-            fallbacks: vec![],
-            unrenderable: vec![],
-            explain: None,
-        }
-    }
-
-    #[test]
-    fn dedups_across_transactions_and_keeps_highest_version() {
-        let mut b = Batch::default();
-        b.add(&txn(100, &["k1", "k2"], &["v1"]));
-        b.add(&txn(200, &["k1"], &["v1", "v2"]));
-        b.add(&txn(150, &[], &["v1"]));
-        assert_eq!(b.delete.len(), 2);
-        assert_eq!(b.bump["v1"], 200);
-        assert_eq!(b.bump["v2"], 200);
-        assert_eq!(b.last_end, Some(Lsn(208)));
-        assert_eq!(b.publish.len(), 3);
-        assert_eq!(b.transactions, 3);
-        assert_eq!(b.actions(), 2 + 2 + 3);
+    /// Times the target was found restarted empty since the last call (for metrics).
+    fn take_epoch_resets(&mut self) -> u64 {
+        0
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! Everything is idempotent: applying a batch twice is harmless.
 
-use super::Batch;
+use super::{Batch, Sink, SinkFuture};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use std::time::Duration;
@@ -405,6 +405,38 @@ impl RedisTarget {
         let mut conn = self.connection().await?;
         let r: redis::RedisResult<String> = self.bump.prepare_invoke().load_async(&mut conn).await;
         self.finish(r).map(|_| ())
+    }
+}
+
+/// The epoch key when none was configured (`apply.epoch_key`'s default).
+pub const DEFAULT_EPOCH_KEY: &str = "walbust:epoch";
+
+impl Sink for RedisTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn apply<'a>(&'a mut self, batch: &'a Batch) -> SinkFuture<'a, ()> {
+        Box::pin(async move { Ok(RedisTarget::apply(self, batch).await?) })
+    }
+
+    fn ping(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async move { Ok(RedisTarget::ping(self).await?) })
+    }
+
+    fn bump_epoch(&mut self) -> SinkFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            let key = self.epoch_key.clone().unwrap_or_else(|| DEFAULT_EPOCH_KEY.to_string());
+            Ok(Some(RedisTarget::bump_epoch(self, &key).await?))
+        })
+    }
+
+    fn take_round_trips(&mut self) -> u64 {
+        std::mem::take(&mut self.round_trips)
+    }
+
+    fn take_epoch_resets(&mut self) -> u64 {
+        RedisTarget::take_epoch_resets(self)
     }
 }
 

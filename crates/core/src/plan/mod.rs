@@ -1,0 +1,169 @@
+//! The plan: deduplicated actions per committed transaction.
+//!
+//! A [`Planner`] consumes [`Event`]s, evaluates each change with the rules [`Engine`], and
+//! yields one [`PlannedTxn`] per committed transaction. Aborted or unterminated transactions
+//! yield nothing: only committed work is ever applied.
+
+use crate::model::{CommitInfo, Event};
+use crate::rules::eval::{Engine, EngineOptions};
+use crate::rules::{ActionKind, RuleSet};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub use crate::rules::actions::{Note, TxnPlan};
+pub use batch::Batch;
+
+mod batch;
+
+/// `((kind, key), names of the rules that produced it)`, sorted by kind and key.
+pub type Explanation = Vec<((ActionKind, String), Vec<String>)>;
+
+/// The deduplicated, sorted actions of one committed transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedTxn {
+    pub commit: CommitInfo,
+    pub changes: u64,
+    pub delete: Vec<String>,
+    pub bump: Vec<String>,
+    pub tags: Vec<String>,
+    /// The Redis set keys of `tags`.
+    pub tag_keys: Vec<String>,
+    /// Keys to delete once more after a delay (`redelete_after`).
+    pub redelete: Vec<(String, std::time::Duration)>,
+    pub delete_matching: Vec<String>,
+    pub publish: Vec<String>,
+    pub fallbacks: Vec<Note>,
+    pub unrenderable: Vec<Note>,
+    /// `((kind, key), rule names)` when explaining.
+    pub explain: Option<Explanation>,
+}
+
+impl PlannedTxn {
+    /// True when the transaction produced any action, fallback or unrenderable change.
+    pub fn has_output(&self) -> bool {
+        !(self.delete.is_empty()
+            && self.bump.is_empty()
+            && self.tags.is_empty()
+            && self.delete_matching.is_empty()
+            && self.publish.is_empty()
+            && self.fallbacks.is_empty()
+            && self.unrenderable.is_empty())
+    }
+
+    pub fn keys(&self, kind: ActionKind) -> &[String] {
+        match kind {
+            ActionKind::Delete => &self.delete,
+            ActionKind::Bump => &self.bump,
+            ActionKind::Tags => &self.tags,
+            ActionKind::DeleteMatching => &self.delete_matching,
+        }
+    }
+}
+
+/// Closes the transaction in progress: its actions, sorted, as a [`PlannedTxn`]; `current` is
+/// left empty for the next one.
+fn take(current: &mut TxnPlan, commit: CommitInfo, rules: &RuleSet) -> PlannedTxn {
+    let sorted = |set: &mut HashSet<String>| {
+        let mut v: Vec<String> = set.drain().collect();
+        v.sort_unstable();
+        v
+    };
+    let explain = current.explain.as_mut().map(|map| {
+        let mut entries: Vec<((ActionKind, String), Vec<String>)> = map
+            .drain()
+            .map(|(k, set)| (k, set.into_iter().map(|i| rules.rules[i].name.clone()).collect()))
+            .collect();
+        entries.sort();
+        entries
+    });
+    let txn = PlannedTxn {
+        commit,
+        changes: current.changes,
+        delete: sorted(&mut current.delete),
+        bump: sorted(&mut current.bump),
+        tags: sorted(&mut current.tags),
+        tag_keys: sorted(&mut current.tag_keys),
+        redelete: {
+            let mut v: Vec<(String, std::time::Duration)> = current.redelete.drain().collect();
+            v.sort();
+            v
+        },
+        delete_matching: sorted(&mut current.delete_matching),
+        publish: std::mem::take(&mut current.publish).into_iter().collect(),
+        fallbacks: std::mem::take(&mut current.fallbacks).into_iter().collect(),
+        unrenderable: std::mem::take(&mut current.unrenderable).into_iter().collect(),
+        explain,
+    };
+    current.changes = 0;
+    current.rule_keys.clear();
+    current.escalated.clear();
+    txn
+}
+
+/// Turns events into planned transactions.
+pub struct Planner {
+    engine: Engine,
+    current: TxnPlan,
+    in_transaction: bool,
+    /// Changes seen since the last Begin/Commit, for reporting an unterminated tail.
+    open_xid: Option<u32>,
+}
+
+impl Planner {
+    pub fn new(rules: Arc<RuleSet>, explain: bool) -> Planner {
+        Planner::with_options(rules, explain, EngineOptions::default())
+    }
+
+    pub fn with_options(rules: Arc<RuleSet>, explain: bool, options: EngineOptions) -> Planner {
+        Planner {
+            engine: Engine::with_options(rules, options),
+            current: TxnPlan::with_explain(explain),
+            in_transaction: false,
+            open_xid: None,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Feeds one event; returns the planned transaction at its commit.
+    pub fn push(&mut self, event: &Event) -> Option<PlannedTxn> {
+        match event {
+            Event::Begin { xid } => {
+                self.current.clear();
+                self.in_transaction = true;
+                self.open_xid = *xid;
+                None
+            }
+            Event::Change(change) => {
+                // Inputs without BEGIN lines still describe committed work only if a COMMIT
+                // follows; treat the change as opening a transaction.
+                self.in_transaction = true;
+                self.engine.evaluate(change, &mut self.current);
+                None
+            }
+            Event::Commit(info) => {
+                let mut info = info.clone();
+                if info.xid.is_none() {
+                    info.xid = self.open_xid;
+                }
+                self.in_transaction = false;
+                self.open_xid = None;
+                Some(take(&mut self.current, info, self.engine.rules()))
+            }
+            Event::Rollback => {
+                self.current.clear();
+                self.in_transaction = false;
+                self.open_xid = None;
+                None
+            }
+        }
+    }
+
+    /// At end of input: the number of changes of a transaction that never committed (they
+    /// were not planned), if any.
+    pub fn unterminated(&self) -> Option<(Option<u32>, u64)> {
+        self.in_transaction.then_some((self.open_xid, self.current.changes))
+    }
+}

@@ -1,0 +1,701 @@
+//! Rule evaluation: one change in, rendered keys / fallbacks / unrenderable notes out.
+//!
+//! Rules are compiled once per relation version (column names resolved to positions), so the
+//! per-change work is template rendering and set insertion. The semantics are those of
+//! `docs/rules.md`: INSERT renders from the new row, DELETE from the old row, UPDATE from the
+//! new row and also from the old row when the old row carries every `{col}` a template uses;
+//! NULL skips a key; a value the change does not carry makes the template unrenderable, which
+//! adds the rule's fallback (or an unrenderable note) once for that change.
+
+use super::actions::{Note, TxnPlan};
+use super::template::{glob_escape_into, Image, Part};
+use super::{ActionKind, Rule, RuleSet};
+use crate::model::{Change, Datum, Op, Relation, RowChange};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+#[derive(Debug)]
+enum CPart {
+    Literal(String),
+    Column {
+        index: Option<usize>,
+        image: Image,
+        name: String,
+    },
+}
+
+#[derive(Debug)]
+struct CompiledTemplate {
+    kind: ActionKind,
+    /// Length of the rule prefix at the start of every rendering.
+    prefix_len: usize,
+    /// For tags: `<rule prefix><tag_prefix>`, the start of the tag's Redis set key.
+    tag_key_prefix: String,
+    /// The rule prefix, glob-escaped for delete_matching.
+    prefix: String,
+    parts: Vec<CPart>,
+    /// Indices of `{col}` placeholders (None: column unknown to the relation).
+    any_columns: Vec<Option<usize>>,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    rule: usize,
+    /// Column positions of `changed`, None when the relation has no such column.
+    changed: Vec<Option<usize>>,
+    templates: Vec<CompiledTemplate>,
+    /// Fallback keys, prefixed (and escaped for patterns), with the set key for tags.
+    fallback: Option<Vec<(ActionKind, String, String)>>,
+}
+
+/// What a template rendering came to.
+enum Rendered {
+    Key,
+    /// A NULL value: no key for this rendering.
+    Null,
+    /// A value the change does not carry.
+    Missing(String),
+}
+
+/// Settings the daemon and dry-run share, so both plan the same keys.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Prefix of tag set keys, after the rules prefix (`shop:` + `tag:` + `category:5`).
+    pub tag_prefix: String,
+    /// Fan-out breaker: a rule that renders more keys than this in one transaction applies its
+    /// fallback instead (rules without a fallback keep rendering).
+    pub max_keys_per_transaction: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            tag_prefix: "tag:".into(),
+            max_keys_per_transaction: 10_000,
+        }
+    }
+}
+
+/// Evaluates changes against a rule set; caches compiled rules per relation version.
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    options: EngineOptions,
+    compiled: HashMap<u64, Arc<Vec<CompiledRule>>>,
+    buf: String,
+    tag_buf: String,
+}
+
+impl Engine {
+    pub fn new(rules: Arc<RuleSet>) -> Engine {
+        Engine::with_options(rules, EngineOptions::default())
+    }
+
+    pub fn with_options(rules: Arc<RuleSet>, options: EngineOptions) -> Engine {
+        Engine {
+            rules,
+            options,
+            compiled: HashMap::new(),
+            buf: String::with_capacity(128),
+            tag_buf: String::with_capacity(128),
+        }
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Adds the actions of one change to `plan`.
+    pub fn evaluate(&mut self, change: &Change, plan: &mut TxnPlan) {
+        plan.changes += 1;
+        match change {
+            Change::Row(row) => self.evaluate_row(row, plan),
+            Change::Truncate(truncate) => {
+                for relation in &truncate.relations {
+                    let compiled = self.compiled_for(relation);
+                    for cr in compiled.iter() {
+                        let rule = &self.rules.rules[cr.rule];
+                        if !rule.on.contains(Op::Truncate) {
+                            continue;
+                        }
+                        apply_fallback(
+                            rule,
+                            cr,
+                            relation,
+                            Op::Truncate,
+                            "TRUNCATE names no rows; every row of the table is gone".into(),
+                            plan,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn compiled_for(&mut self, relation: &Relation) -> Arc<Vec<CompiledRule>> {
+        if let Some(c) = self.compiled.get(&relation.id) {
+            return c.clone();
+        }
+        let compiled: Vec<CompiledRule> = self
+            .rules
+            .rules_for(&relation.schema, &relation.name)
+            .iter()
+            .map(|&idx| compile(idx, &self.rules.rules[idx], relation, &self.options.tag_prefix))
+            .collect();
+        let compiled = Arc::new(compiled);
+        // Relation versions are few; a stream that keeps making new ones (ALTER TABLE in a
+        // loop) must not grow this map without bound.
+        if self.compiled.len() > 10_000 {
+            self.compiled.clear();
+        }
+        self.compiled.insert(relation.id, compiled.clone());
+        compiled
+    }
+
+    fn evaluate_row(&mut self, row: &RowChange, plan: &mut TxnPlan) {
+        let compiled = self.compiled_for(&row.relation);
+        for cr in compiled.iter() {
+            let rule = &self.rules.rules[cr.rule];
+            if !rule.on.contains(row.op) {
+                continue;
+            }
+            if row.op == Op::Update && !cr.changed.is_empty() && !changed_fires(cr, row) {
+                continue;
+            }
+            if plan.is_escalated(cr.rule) {
+                // Past the fan-out limit in this transaction: its fallback already applies.
+                continue;
+            }
+            let mut missing: Option<String> = None;
+            let mut rendered = 0usize;
+            for template in &cr.templates {
+                let passes: &[Image] = match row.op {
+                    Op::Insert => &[Image::New],
+                    Op::Delete => &[Image::Old],
+                    Op::Update => {
+                        if old_pass_applies(template, row) {
+                            &[Image::New, Image::Old]
+                        } else {
+                            &[Image::New]
+                        }
+                    }
+                    Op::Truncate => &[],
+                };
+                for &pass in passes {
+                    match render(template, row, pass, &mut self.buf) {
+                        Rendered::Key => {
+                            let new = if template.kind == ActionKind::Tags {
+                                self.tag_buf.clear();
+                                self.tag_buf.push_str(&template.tag_key_prefix);
+                                self.tag_buf.push_str(&self.buf[template.prefix_len..]);
+                                plan.add_tag(&self.buf, &self.tag_buf, cr.rule)
+                            } else {
+                                plan.add(template.kind, &self.buf, cr.rule)
+                            };
+                            if let (ActionKind::Delete, Some(delay)) = (template.kind, rule.redelete_after) {
+                                let entry = plan.redelete.entry(self.buf.clone()).or_default();
+                                *entry = (*entry).max(delay);
+                            }
+                            rendered += usize::from(new);
+                        }
+                        Rendered::Null => {}
+                        Rendered::Missing(reason) => {
+                            if missing.is_none() {
+                                missing = Some(reason);
+                            }
+                        }
+                    }
+                }
+            }
+            let limit = self.options.max_keys_per_transaction;
+            if plan.count_keys(cr.rule, rendered) > limit && cr.fallback.is_some() {
+                plan.escalate(cr.rule);
+                apply_fallback(
+                    rule,
+                    cr,
+                    &row.relation,
+                    row.op,
+                    format!("fan-out: more than {limit} keys in one transaction (max_keys_per_transaction); the fallback replaces the rest"),
+                    plan,
+                );
+            }
+            for channel in &rule.actions.publish {
+                plan.add_publish(channel);
+            }
+            if let Some(reason) = missing {
+                if cr.fallback.is_some() {
+                    apply_fallback(rule, cr, &row.relation, row.op, reason, plan);
+                } else {
+                    plan.unrenderable.insert(Note {
+                        rule: rule.name.clone(),
+                        table: row.relation.qualified_name(),
+                        op: row.op,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn apply_fallback(rule: &Rule, cr: &CompiledRule, relation: &Relation, op: Op, reason: String, plan: &mut TxnPlan) {
+    if let Some(keys) = &cr.fallback {
+        for (kind, key, tag_key) in keys {
+            if *kind == ActionKind::Tags {
+                plan.add_tag(key, tag_key, cr.rule);
+            } else {
+                plan.add(*kind, key, cr.rule);
+            }
+        }
+    }
+    if let Some(fb) = &rule.fallback {
+        for channel in &fb.publish {
+            plan.add_publish(channel);
+        }
+    }
+    plan.fallbacks.insert(Note {
+        rule: rule.name.clone(),
+        table: relation.qualified_name(),
+        op,
+        reason,
+    });
+}
+
+fn compile(idx: usize, rule: &Rule, relation: &Relation, tag_prefix: &str) -> CompiledRule {
+    let templates = rule
+        .actions
+        .templates()
+        .map(|(kind, template)| {
+            let mut prefix = String::new();
+            if kind == ActionKind::DeleteMatching {
+                glob_escape_into(&mut prefix, &rule.prefix);
+            } else {
+                prefix.push_str(&rule.prefix);
+            }
+            let parts: Vec<CPart> = template
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Literal(s) => CPart::Literal(s.clone()),
+                    Part::Column { image, name } => CPart::Column {
+                        index: relation.column_index(name),
+                        image: *image,
+                        name: name.clone(),
+                    },
+                })
+                .collect();
+            let any_columns = parts
+                .iter()
+                .filter_map(|p| match p {
+                    CPart::Column {
+                        index,
+                        image: Image::Any,
+                        ..
+                    } => Some(*index),
+                    _ => None,
+                })
+                .collect();
+            CompiledTemplate {
+                kind,
+                prefix_len: prefix.len(),
+                tag_key_prefix: format!("{}{tag_prefix}", rule.prefix),
+                prefix,
+                parts,
+                any_columns,
+            }
+        })
+        .collect();
+    let fallback = rule.fallback.as_ref().map(|fb| {
+        fb.templates()
+            .map(|(kind, template)| {
+                let mut key = String::new();
+                if kind == ActionKind::DeleteMatching {
+                    glob_escape_into(&mut key, &rule.prefix);
+                } else {
+                    key.push_str(&rule.prefix);
+                }
+                let literal = template.source.replace("{{", "{").replace("}}", "}");
+                key.push_str(&literal);
+                (kind, key, format!("{}{tag_prefix}{literal}", rule.prefix))
+            })
+            .collect()
+    });
+    CompiledRule {
+        rule: idx,
+        changed: rule.changed.iter().map(|c| relation.column_index(c)).collect(),
+        templates,
+        fallback,
+    }
+}
+
+/// `changed`: fire when any listed column differs, or when its old value is unknown.
+fn changed_fires(cr: &CompiledRule, row: &RowChange) -> bool {
+    let (Some(new), Some(old)) = (&row.new, &row.old) else {
+        return true;
+    };
+    cr.changed.iter().any(|index| {
+        let Some(i) = *index else { return true };
+        match (&new[i], &old[i]) {
+            (Datum::UnchangedToast, _) => false,
+            (_, Datum::Absent | Datum::UnchangedToast) | (Datum::Absent, _) => true,
+            (n, o) => n != o,
+        }
+    })
+}
+
+/// UPDATE also renders from the old row when it carries every `{col}` of the template.
+fn old_pass_applies(template: &CompiledTemplate, row: &RowChange) -> bool {
+    let Some(old) = &row.old else { return false };
+    !template.any_columns.is_empty()
+        && template
+            .any_columns
+            .iter()
+            .all(|i| i.is_some_and(|i| old[i].is_known()))
+}
+
+fn render(template: &CompiledTemplate, row: &RowChange, pass: Image, out: &mut String) -> Rendered {
+    out.clear();
+    out.push_str(&template.prefix);
+    let escape = template.kind == ActionKind::DeleteMatching;
+    for part in &template.parts {
+        match part {
+            CPart::Literal(s) => out.push_str(s),
+            CPart::Column { index, image, name } => {
+                let image = if *image == Image::Any { pass } else { *image };
+                let Some(index) = *index else {
+                    return Rendered::Missing(format!(
+                        "`{name}` is not a column of {} as the WAL describes it; fix the rule or the schema",
+                        row.relation.qualified_name()
+                    ));
+                };
+                match lookup(row, image, index, name) {
+                    Ok(Some(value)) => {
+                        if escape {
+                            glob_escape_into(out, value);
+                        } else {
+                            out.push_str(value);
+                        }
+                    }
+                    Ok(None) => return Rendered::Null,
+                    Err(reason) => return Rendered::Missing(reason),
+                }
+            }
+        }
+    }
+    Rendered::Key
+}
+
+/// The value of one column in one image: `Ok(None)` for NULL, `Err` when not carried.
+fn lookup<'r>(row: &'r RowChange, image: Image, index: usize, name: &str) -> Result<Option<&'r str>, String> {
+    let known = |d: &'r Datum| match d {
+        Datum::Text(s) => Some(Some(s.as_str())),
+        Datum::Null => Some(None),
+        _ => None,
+    };
+    match image {
+        Image::New | Image::Any => {
+            let Some(new) = &row.new else {
+                return Err(format!("`{{new.{name}}}`: a {} has no new row", row.op));
+            };
+            match &new[index] {
+                Datum::UnchangedToast => row
+                    .old
+                    .as_ref()
+                    .and_then(|old| known(&old[index]))
+                    .ok_or_else(|| {
+                        format!(
+                            "`{name}` is an unchanged TOAST value the WAL does not carry; set REPLICA IDENTITY FULL on {} or avoid this column in keys",
+                            row.relation.qualified_name()
+                        )
+                    }),
+                d => known(d).ok_or_else(|| format!("`{name}` is not in the new row of this {}", row.op)),
+            }
+        }
+        Image::Old => {
+            let Some(old) = &row.old else {
+                return Err(match row.op {
+                    Op::Insert => format!("`{{old.{name}}}`: an insert has no old row"),
+                    Op::Update => format!(
+                        "`{name}` needs the old row, which the WAL does not carry for this update (key unchanged, replica identity not FULL); set REPLICA IDENTITY FULL on {}",
+                        row.relation.qualified_name()
+                    ),
+                    _ => format!(
+                        "`{name}` needs the old row, which the WAL does not carry (REPLICA IDENTITY NOTHING on {})",
+                        row.relation.qualified_name()
+                    ),
+                });
+            };
+            match &old[index] {
+                Datum::Text(s) => Ok(Some(s.as_str())),
+                Datum::Null => Ok(None),
+                Datum::UnchangedToast => Err(format!(
+                    "old `{name}` is a TOAST value the WAL does not carry; set REPLICA IDENTITY FULL on {}",
+                    row.relation.qualified_name()
+                )),
+                Datum::Absent => {
+                    let mut reason = String::new();
+                    let _ = write!(
+                        reason,
+                        "`{name}` is not in the old row of this {} (the WAL carries only replica identity columns; REPLICA IDENTITY FULL on {} would carry it)",
+                        row.op,
+                        row.relation.qualified_name()
+                    );
+                    Err(reason)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Column, Truncate};
+    use crate::plan::PlannedTxn;
+    use crate::rules::load_str;
+
+    const RULES: &str = r#"
+version: 1
+prefix: "shop:"
+rules:
+  - name: product-detail
+    table: public.products
+    on: [insert, update, delete, truncate]
+    delete: ["product:{id}", "product:{id}:json"]
+    bump: ["ver:product:{id}"]
+    tags: ["category:{category_id}"]
+    publish: ["inval"]
+    fallback:
+      bump: ["ver:products"]
+  - name: price-watch
+    table: products
+    on: [update]
+    changed: [price_cents]
+    delete: ["price:{id}"]
+  - name: old-new
+    table: products
+    on: [update]
+    delete: ["move:{old.category_id}->{new.category_id}"]
+  - name: search
+    table: products
+    on: [insert]
+    delete_matching: ["search:{name}:*"]
+  - name: no-fallback
+    table: reviews
+    delete: ["reviews:{product_id}"]
+"#;
+
+    fn relation(name: &str, cols: &[&str]) -> Arc<Relation> {
+        Arc::new(Relation::new(
+            "public",
+            name,
+            cols.iter().map(|c| Column::named(*c)).collect(),
+        ))
+    }
+
+    fn products() -> Arc<Relation> {
+        relation("products", &["id", "category_id", "name", "price_cents", "description"])
+    }
+
+    fn t(s: &str) -> Datum {
+        Datum::Text(s.into())
+    }
+
+    fn plan_of(changes: Vec<Change>) -> PlannedTxn {
+        let rules = Arc::new(load_str("r.yaml", RULES).unwrap().rules);
+        let mut planner = crate::plan::Planner::new(rules, false);
+        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        for c in changes {
+            planner.push(&crate::model::Event::Change(c));
+        }
+        planner.push(&crate::model::Event::Commit(Default::default())).unwrap()
+    }
+
+    fn row(rel: &Arc<Relation>, op: Op, old: Option<Vec<Datum>>, new: Option<Vec<Datum>>) -> Change {
+        Change::Row(RowChange {
+            relation: rel.clone(),
+            op,
+            old,
+            new,
+        })
+    }
+
+    #[test]
+    fn insert_renders_from_new_row() {
+        let p = products();
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), t("5"), t("Mug"), t("100"), t("d")]),
+        )]);
+        assert_eq!(txn.delete, vec!["shop:product:1", "shop:product:1:json"]);
+        assert_eq!(txn.bump, vec!["shop:ver:product:1"]);
+        assert_eq!(txn.tags, vec!["shop:category:5"]);
+        assert_eq!(txn.delete_matching, vec!["shop:search:Mug:*"]);
+        assert_eq!(txn.publish, vec!["inval"]);
+        assert!(txn.fallbacks.is_empty() && txn.unrenderable.is_empty());
+    }
+
+    #[test]
+    fn update_with_full_old_row_invalidates_both_categories() {
+        let p = products();
+        let old = vec![t("1"), t("5"), t("Mug"), t("100"), t("d")];
+        let new = vec![t("1"), t("7"), t("Mug"), t("100"), Datum::UnchangedToast];
+        let txn = plan_of(vec![row(&p, Op::Update, Some(old), Some(new))]);
+        assert_eq!(txn.tags, vec!["shop:category:5", "shop:category:7"]);
+        assert_eq!(
+            txn.delete,
+            vec!["shop:move:5->7", "shop:product:1", "shop:product:1:json"]
+        );
+        // price unchanged → price-watch does not fire
+        assert!(!txn.delete.iter().any(|k| k.contains("price:")));
+    }
+
+    #[test]
+    fn update_without_old_row_renders_new_only_and_changed_fires() {
+        let p = products();
+        let new = vec![t("1"), t("7"), t("Mug"), t("100"), Datum::UnchangedToast];
+        let txn = plan_of(vec![row(&p, Op::Update, None, Some(new))]);
+        assert_eq!(txn.tags, vec!["shop:category:7"]);
+        // changed: old value unknown → fires
+        assert!(txn.delete.contains(&"shop:price:1".to_string()));
+        // {old.category_id} cannot render, old-new has no fallback → unrenderable
+        assert_eq!(txn.unrenderable.len(), 1);
+        assert_eq!(txn.unrenderable[0].rule, "old-new");
+    }
+
+    #[test]
+    fn changed_is_null_aware() {
+        let p = products();
+        let old = vec![t("1"), t("5"), t("Mug"), Datum::Null, t("d")];
+        let new = vec![t("1"), t("5"), t("Mug"), Datum::Null, t("d")];
+        let txn = plan_of(vec![row(&p, Op::Update, Some(old.clone()), Some(new))]);
+        assert!(!txn.delete.iter().any(|k| k.contains("price:")));
+        let new = vec![t("1"), t("5"), t("Mug"), t("1"), t("d")];
+        let txn = plan_of(vec![row(&p, Op::Update, Some(old), Some(new))]);
+        assert!(txn.delete.contains(&"shop:price:1".to_string()));
+    }
+
+    #[test]
+    fn delete_with_key_only_old_row_uses_fallback() {
+        let p = products();
+        let old = vec![t("9"), Datum::Absent, Datum::Absent, Datum::Absent, Datum::Absent];
+        let txn = plan_of(vec![row(&p, Op::Delete, Some(old), None)]);
+        assert_eq!(txn.delete, vec!["shop:product:9", "shop:product:9:json"]);
+        assert_eq!(txn.bump, vec!["shop:ver:product:9", "shop:ver:products"]);
+        assert!(txn.tags.is_empty());
+        assert_eq!(txn.fallbacks.len(), 1);
+        assert!(txn.fallbacks[0].reason.contains("category_id"), "{:?}", txn.fallbacks);
+    }
+
+    #[test]
+    fn delete_without_fallback_is_reported_unrenderable() {
+        let r = relation("reviews", &["id", "product_id"]);
+        let txn = plan_of(vec![row(&r, Op::Delete, Some(vec![t("3"), Datum::Absent]), None)]);
+        assert!(txn.delete.is_empty());
+        assert_eq!(txn.unrenderable.len(), 1);
+        assert_eq!(txn.unrenderable[0].table, "public.reviews");
+        assert!(txn.has_output());
+    }
+
+    #[test]
+    fn null_skips_one_key_only() {
+        let p = products();
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), Datum::Null, t("x"), t("1"), t("d")]),
+        )]);
+        assert!(txn.tags.is_empty());
+        assert_eq!(txn.delete.len(), 2);
+        assert!(txn.fallbacks.is_empty() && txn.unrenderable.is_empty());
+    }
+
+    #[test]
+    fn glob_values_are_escaped_in_patterns() {
+        let p = products();
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), t("5"), t("*"), t("1"), t("d")]),
+        )]);
+        assert_eq!(txn.delete_matching, vec![r"shop:search:\*:*"]);
+    }
+
+    #[test]
+    fn truncate_applies_fallback_of_rules_listing_it() {
+        let p = products();
+        let r = relation("reviews", &["id", "product_id"]);
+        let txn = plan_of(vec![Change::Truncate(Truncate {
+            relations: vec![p, r],
+            cascade: false,
+            restart_identity: false,
+        })]);
+        assert_eq!(txn.bump, vec!["shop:ver:products"]);
+        assert_eq!(txn.fallbacks.len(), 1);
+        assert_eq!(txn.fallbacks[0].op, Op::Truncate);
+        assert!(txn.unrenderable.is_empty());
+    }
+
+    #[test]
+    fn dedup_across_changes_in_a_transaction() {
+        let p = products();
+        let ins = |id: &str| row(&p, Op::Insert, None, Some(vec![t(id), t("5"), t("x"), t("1"), t("d")]));
+        let txn = plan_of(vec![ins("1"), ins("1"), ins("2")]);
+        assert_eq!(txn.changes, 3);
+        assert_eq!(txn.tags, vec!["shop:category:5"]);
+        assert_eq!(txn.bump.len(), 2);
+    }
+
+    #[test]
+    fn tag_keys_put_the_tag_prefix_after_the_rules_prefix() {
+        let p = products();
+        let txn = plan_of(vec![row(
+            &p,
+            Op::Insert,
+            None,
+            Some(vec![t("1"), t("5"), t("x"), t("1"), t("d")]),
+        )]);
+        assert_eq!(txn.tags, vec!["shop:category:5"]);
+        assert_eq!(txn.tag_keys, vec!["shop:tag:category:5"]);
+    }
+
+    #[test]
+    fn fan_out_breaker_escalates_to_the_fallback() {
+        let rules = Arc::new(load_str("r.yaml", RULES).unwrap().rules);
+        let options = EngineOptions {
+            max_keys_per_transaction: 10,
+            ..EngineOptions::default()
+        };
+        let mut planner = crate::plan::Planner::with_options(rules, false, options);
+        let p = products();
+        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        for i in 0..100 {
+            let id = i.to_string();
+            let change = row(&p, Op::Insert, None, Some(vec![t(&id), t("5"), t("x"), t("1"), t("d")]));
+            planner.push(&crate::model::Event::Change(change));
+        }
+        let txn = planner.push(&crate::model::Event::Commit(Default::default())).unwrap();
+        assert!(txn.delete.len() <= 12, "{}", txn.delete.len());
+        assert!(txn.bump.contains(&"shop:ver:products".to_string()));
+        assert!(
+            txn.fallbacks.iter().any(|f| f.reason.contains("fan-out")),
+            "{:?}",
+            txn.fallbacks
+        );
+    }
+
+    #[test]
+    fn missing_column_in_relation_is_unrenderable_with_reason() {
+        let p = relation("products", &["id", "name"]);
+        let txn = plan_of(vec![row(&p, Op::Insert, None, Some(vec![t("1"), t("x")]))]);
+        assert!(
+            txn.fallbacks.iter().any(|n| n.reason.contains("not a column")),
+            "{:?}",
+            txn.fallbacks
+        );
+    }
+}

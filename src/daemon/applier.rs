@@ -1,0 +1,162 @@
+//! The applier: takes batches in commit order, applies each to every sink (retrying each
+//! failed sink with backoff until it applies), and only then advances the applied position —
+//! the one place that does ([`Progress::mark_applied`]).
+
+use super::redelete::Redeleter;
+use crate::metrics::Metrics;
+use crate::model::Timestamp;
+use crate::retry::Backoff;
+use crate::sink::{Batch, Sink};
+use crate::source::stream::Progress;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A sink as the daemon holds it.
+pub type BoxSink = Box<dyn Sink>;
+
+/// While idle, every sink is pinged this often, so a Redis that restarted empty is noticed
+/// (and given a fresh epoch) within a second, not at the next write.
+const IDLE_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// First delay before applying a failed batch again.
+const RETRY_INITIAL_DELAY: Duration = Duration::from_millis(50);
+
+/// When a failing apply stops retrying: never until shutdown, then after the shutdown timeout.
+#[derive(Default)]
+pub struct GiveUp {
+    /// Unix microseconds; 0 = never.
+    at: AtomicI64,
+}
+
+impl GiveUp {
+    /// Gives up `after` from now (kept if already set).
+    pub fn arm(&self, after: Duration) {
+        let at = Timestamp::now().0 + after.as_micros() as i64;
+        let _ = self.at.compare_exchange(0, at, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub fn due(&self) -> bool {
+        let at = self.at.load(Ordering::SeqCst);
+        at != 0 && Timestamp::now().0 >= at
+    }
+}
+
+/// What the apply task needs besides its sinks.
+#[derive(Clone)]
+pub struct ApplierContext {
+    pub progress: Arc<Progress>,
+    pub metrics: Arc<Metrics>,
+    pub retry_max_delay: Duration,
+    pub give_up: Arc<GiveUp>,
+    pub redeleter: Option<Redeleter>,
+}
+
+/// The running apply task.
+pub struct Applier {
+    pub tx: tokio::sync::mpsc::Sender<Batch>,
+    task: tokio::task::JoinHandle<Vec<BoxSink>>,
+}
+
+/// The apply task ended abnormally; its sinks are gone with it.
+#[derive(Debug, thiserror::Error)]
+#[error("the apply task failed: {0}; nothing after the last acknowledged position was acknowledged")]
+pub struct ApplierFailed(#[from] tokio::task::JoinError);
+
+impl Applier {
+    pub fn start(sinks: Vec<BoxSink>, context: ApplierContext) -> Applier {
+        // One batch applying, one waiting: bounded memory, overlap of planning and applying.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(1);
+        let task = tokio::spawn(apply_loop(sinks, rx, context));
+        Applier { tx, task }
+    }
+
+    /// Applies what was sent, then hands the sinks back.
+    pub async fn finish(self) -> Result<Vec<BoxSink>, ApplierFailed> {
+        drop(self.tx);
+        Ok(self.task.await?)
+    }
+}
+
+async fn apply_loop(
+    mut sinks: Vec<BoxSink>,
+    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    context: ApplierContext,
+) -> Vec<BoxSink> {
+    loop {
+        let batch = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(_) => {
+                ping_all(&mut sinks, &context.metrics).await;
+                continue;
+            }
+        };
+        if !apply_everywhere(&mut sinks, &batch, &context).await {
+            tracing::warn!(
+                "shutdown timeout reached before every target applied a batch; it will be replayed on restart"
+            );
+            break;
+        }
+        record_epoch_resets(&mut sinks, &context.metrics);
+        let now = Timestamp::now().0;
+        for t in &batch.commit_times {
+            context.metrics.latency(((now - t.0).max(0) as f64) / 1e6);
+        }
+        context.metrics.batch(batch.actions());
+        if let Some(end) = batch.last_end {
+            context.progress.mark_applied(end);
+        }
+        if let Some(redeleter) = &context.redeleter {
+            redeleter.schedule(&batch);
+        }
+    }
+    sinks
+}
+
+async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics) {
+    for sink in sinks.iter_mut() {
+        if let Err(e) = sink.ping().await {
+            tracing::debug!(target = %sink.name(), error = %e, "idle ping failed");
+        }
+    }
+    record_epoch_resets(sinks, metrics);
+}
+
+/// Counts the sinks' fresh epochs (see `RedisTarget::with_epoch_key`) in the metrics.
+fn record_epoch_resets(sinks: &mut [BoxSink], metrics: &Metrics) {
+    let resets: u64 = sinks.iter_mut().map(|s| s.take_epoch_resets()).sum();
+    metrics.epoch_resets.fetch_add(resets, Ordering::Relaxed);
+}
+
+/// Applies a batch to every sink, retrying each failed sink with backoff until it applies.
+/// Returns false when the shutdown timeout passed first: then nothing is acknowledged.
+async fn apply_everywhere(sinks: &mut [BoxSink], batch: &Batch, context: &ApplierContext) -> bool {
+    let metrics = &context.metrics;
+    let mut done = vec![false; sinks.len()];
+    let mut backoff = Backoff::new(RETRY_INITIAL_DELAY, context.retry_max_delay);
+    loop {
+        for (sink, done) in sinks.iter_mut().zip(done.iter_mut()).filter(|(_, d)| !**d) {
+            match sink.apply(batch).await {
+                Ok(()) => {
+                    *done = true;
+                    metrics.applied(sink.name(), batch);
+                }
+                Err(e) => {
+                    metrics.redis_error(sink.name());
+                    metrics.redis_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(target = %sink.name(), error = %e, "apply failed; retrying");
+                }
+            }
+            let round_trips = sink.take_round_trips();
+            metrics.round_trips(sink.name(), round_trips);
+        }
+        if done.iter().all(|d| *d) {
+            metrics.redis_ok.store(true, Ordering::Relaxed);
+            return true;
+        }
+        if context.give_up.due() {
+            return false;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}

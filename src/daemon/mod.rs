@@ -1,0 +1,388 @@
+//! `walbust run`: the daemon. Wires the stream, the planner, batching and the sinks:
+//!
+//! ```text
+//! source::Stream ──events──▶ Planner ──committed txns──▶ Batch ──(delay or size)──▶ Applier ──▶ every sink
+//!        ▲                                                                               │
+//!        └──────── acknowledge ◀── Progress::mark_applied(last end LSN) ◀── all sinks Ok ◀┘
+//! ```
+//!
+//! A batch is acknowledged only after every sink applied it ([`applier`], the one place that
+//! advances the applied position). While a sink is down the batch is retried with backoff; the
+//! loop stops taking events, the stream's bounded buffer fills, and the stream stops reading
+//! WAL but keeps the replication connection alive. On shutdown the loop applies what is in
+//! flight, acknowledges it, and sends the final status update. A gap in the slot's history is
+//! handled by [`gap`]; the startup check and the sinks come from [`startup`].
+
+pub mod applier;
+pub mod gap;
+pub mod redelete;
+pub mod slot_stats;
+pub mod startup;
+
+use crate::config::{ConfigError, OnGap, Validated};
+use crate::metrics::{self, Metrics};
+use crate::model::{Change, Event, Lsn, Timestamp};
+use crate::plan::{PlannedTxn, Planner};
+use crate::rules::eval::EngineOptions;
+use crate::sink::{Batch, SinkError};
+use crate::source::conn::ConnectOptions;
+use crate::source::stream::{Progress, Stream, StreamConfig, StreamError, StreamItem};
+use applier::{Applier, ApplierContext, ApplierFailed, GiveUp};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Rules(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{field}: cannot read {}: {source}", path.display())]
+    CaCert {
+        field: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{field}: {source}")]
+    Target {
+        field: String,
+        source: crate::sink::redis::RedisError,
+    },
+    #[error("startup check failed:\n{0}\nfix the rules or the schema, or set rules.allow_unrenderable = true to start anyway")]
+    Startup(String),
+    #[error("startup check: {0}")]
+    Schema(#[from] crate::check::CheckDbError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("cannot listen for HTTP on {0}: {1}")]
+    Http(String, std::io::Error),
+    #[error("shutdown before the epoch was bumped after a gap: {0}; the gap is reported again at the next start")]
+    EpochNotBumped(SinkError),
+    #[error(transparent)]
+    Applier(#[from] ApplierFailed),
+}
+
+/// What the daemon did, for tests and the shutdown log line.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub transactions: u64,
+    pub batches: u64,
+    pub applied: Option<Lsn>,
+}
+
+/// Runs the daemon until `shutdown` completes or a definite error occurs.
+pub async fn run(
+    config: Validated,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunSummary, DaemonError> {
+    let cfg = &config.config;
+    let loaded = crate::rules::load_path(&cfg.rules.path).map_err(|e| DaemonError::Rules(e.to_string()))?;
+    for w in &loaded.warnings {
+        tracing::warn!(finding = %w, "rules");
+    }
+    let rules = Arc::new(loaded.rules);
+    config.check_rules(&rules)?;
+    let connect = ConnectOptions::parse(&cfg.postgres.url).map_err(|e| ConfigError::Invalid {
+        field: "postgres.url".into(),
+        message: e.to_string(),
+    })?;
+    startup::check_schema(&connect, &rules, &config).await?;
+
+    let progress = Arc::new(Progress::default());
+    let metrics = Metrics::new(progress.clone());
+    let http_task = start_http(&config, &metrics).await?;
+    let targets = startup::build_targets(&config, &rules).await?;
+    let stats_task = tokio::spawn(slot_stats::poll(
+        connect.clone(),
+        cfg.postgres.slot.clone(),
+        config.slot_stats_interval,
+        metrics.clone(),
+    ));
+    let stop = Stop::watch(shutdown, config.shutdown_timeout);
+    let context = ApplierContext {
+        progress: progress.clone(),
+        metrics: metrics.clone(),
+        retry_max_delay: config.retry_max_delay,
+        give_up: stop.give_up.clone(),
+        redeleter: (!targets.redelete.is_empty()).then(|| redelete::Redeleter::start(targets.redelete)),
+    };
+    let mut daemon = Daemon {
+        stream: Stream::start_with(stream_config(&config, &connect), progress.clone()),
+        applier: Some(Applier::start(targets.sinks, context.clone())),
+        planner: Planner::with_options(rules, false, engine_options(&config)),
+        batch: Batch::default(),
+        batch_started: None,
+        change_counts: BTreeMap::new(),
+        summary: RunSummary::default(),
+        streamed_once: false,
+        config,
+        connect,
+        context,
+        stop,
+    };
+    let result = daemon.stream_loop().await;
+    let summary = daemon.finish(result.is_ok()).await;
+    stats_task.abort();
+    if let Some(t) = http_task {
+        t.abort();
+    }
+    tracing::info!(transactions = summary.transactions, applied = ?summary.applied.map(|l| l.to_string()), "walbust stopped");
+    result.map(|_| summary)
+}
+
+fn stream_config(config: &Validated, connect: &ConnectOptions) -> StreamConfig {
+    let cfg = &config.config;
+    let mut s = StreamConfig::new(connect.clone(), &cfg.postgres.slot, &cfg.postgres.publication);
+    s.create_slot = cfg.postgres.create_slot;
+    s.status_interval = config.status_interval;
+    s.backoff_max = config.reconnect_max_delay;
+    s.channel_batches = cfg.apply.buffer_batches.max(1);
+    s
+}
+
+fn engine_options(config: &Validated) -> EngineOptions {
+    EngineOptions {
+        tag_prefix: config.config.rules.tag_prefix.clone(),
+        max_keys_per_transaction: config.config.rules.max_keys_per_transaction,
+    }
+}
+
+async fn start_http(
+    config: &Validated,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let http = &config.config.http;
+    if http.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&http.listen)
+        .await
+        .map_err(|e| DaemonError::Http(http.listen.clone(), e))?;
+    tracing::info!(listen = %http.listen, "serving /metrics, /healthz, /readyz");
+    Ok(Some(tokio::spawn(metrics::serve(
+        listener,
+        metrics.clone(),
+        http.ready_max_lag_bytes,
+    ))))
+}
+
+/// Shutdown, watched by its own task so a request is seen even while a batch is being retried
+/// against an unreachable target. Once requested, a failing apply gives up after the shutdown
+/// timeout.
+struct Stop {
+    requested: Arc<AtomicBool>,
+    rx: tokio::sync::watch::Receiver<bool>,
+    give_up: Arc<GiveUp>,
+    timeout: Duration,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stop {
+    fn watch(shutdown: impl Future<Output = ()> + Send + 'static, timeout: Duration) -> Stop {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let requested = Arc::new(AtomicBool::new(false));
+        let give_up = Arc::new(GiveUp::default());
+        let (flag, armed) = (requested.clone(), give_up.clone());
+        let task = tokio::spawn(async move {
+            shutdown.await;
+            flag.store(true, Ordering::SeqCst);
+            armed.arm(timeout);
+            let _ = tx.send(true);
+        });
+        Stop {
+            requested,
+            rx,
+            give_up,
+            timeout,
+            task,
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The loop's state: the stream it reads, the transaction being planned, the batch being
+/// collected, and the applier it hands batches to.
+struct Daemon {
+    config: Validated,
+    connect: ConnectOptions,
+    stream: Stream,
+    planner: Planner,
+    batch: Batch,
+    batch_started: Option<Instant>,
+    change_counts: BTreeMap<(String, &'static str), u64>,
+    summary: RunSummary,
+    /// `None` only while gap recovery holds the sinks.
+    applier: Option<Applier>,
+    context: ApplierContext,
+    stop: Stop,
+    streamed_once: bool,
+}
+
+impl Daemon {
+    async fn stream_loop(&mut self) -> Result<(), DaemonError> {
+        loop {
+            if self.stop.requested() {
+                return Ok(());
+            }
+            let deadline = self.batch_started.map(|t| t + self.config.max_batch_delay);
+            let flush_due = self.batch.actions() >= self.config.config.apply.max_batch_actions;
+            if flush_due || deadline.is_some_and(|d| Instant::now() >= d) {
+                if !self.flush().await {
+                    return Ok(());
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.wait() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
+                item = self.stream.recv() => match item {
+                    Some(StreamItem::Events(events)) => self.on_events(&events),
+                    Some(StreamItem::Reconnected { error }) => {
+                        tracing::warn!(error = %error, "replication reconnected; replaying from the last acknowledged position");
+                        // A partial transaction will be sent again in full.
+                        self.planner.push(&Event::Rollback);
+                    }
+                    Some(StreamItem::Failed(e)) => self.on_failed(e).await?,
+                    None => return Err(DaemonError::Stream(StreamError::Ended)),
+                }
+            }
+        }
+    }
+
+    /// Hands the batch to the applier; false when the applier or shutdown ended the wait.
+    async fn flush(&mut self) -> bool {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_started = None;
+        let Some(applier) = &self.applier else { return false };
+        tokio::select! {
+            sent = applier.tx.send(batch) => sent.is_ok(),
+            _ = self.stop.wait() => false,
+        }
+    }
+
+    fn on_events(&mut self, events: &[Event]) {
+        self.streamed_once = true;
+        for event in events {
+            if let Event::Change(change) = event {
+                count_change(&mut self.change_counts, change);
+            }
+            if let Some(txn) = self.planner.push(event) {
+                self.context.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                record_notes(&txn, &self.context.metrics);
+                if self.batch.is_empty() {
+                    self.batch_started = Some(Instant::now());
+                }
+                self.batch.add(&txn);
+                self.summary.transactions += 1;
+            }
+        }
+        self.context.metrics.changes(&self.change_counts);
+        self.change_counts.clear();
+    }
+
+    /// The stream stopped for good. A gap in the slot's history with `on_gap = bump_epoch`
+    /// recovers (what was already batched is committed work and is applied first); anything
+    /// else ends the daemon.
+    async fn on_failed(&mut self, e: StreamError) -> Result<(), DaemonError> {
+        let gap =
+            matches!(e, StreamError::SlotLost(_)) || (self.streamed_once && matches!(e, StreamError::SlotMissing(_)));
+        if !gap || self.config.config.apply.on_gap != OnGap::BumpEpoch {
+            return Err(DaemonError::Stream(e));
+        }
+        self.planner.push(&Event::Rollback);
+        if !self.batch.is_empty() && !self.flush().await {
+            return Ok(());
+        }
+        let Some(applier) = self.applier.take() else {
+            return Ok(());
+        };
+        let mut sinks = applier.finish().await?;
+        let recovered = gap::recover(
+            &self.connect,
+            &self.config.config.postgres.slot,
+            &mut sinks,
+            &self.context.metrics,
+            self.config.retry_max_delay,
+            &|| self.stop.requested(),
+        )
+        .await;
+        self.applier = Some(Applier::start(sinks, self.context.clone()));
+        recovered?;
+        let restarted = Stream::start_with(
+            stream_config(&self.config, &self.connect),
+            self.context.progress.clone(),
+        );
+        std::mem::replace(&mut self.stream, restarted).shutdown().await;
+        Ok(())
+    }
+
+    /// Graceful end: apply what is in flight (bounded by the shutdown timeout), acknowledge,
+    /// send the final status update.
+    async fn finish(mut self, clean: bool) -> RunSummary {
+        let timeout = self.stop.timeout;
+        self.stop.give_up.arm(timeout);
+        if clean && !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            if let Some(applier) = &self.applier {
+                let _ = tokio::time::timeout(timeout, applier.tx.send(batch)).await;
+            }
+        }
+        if let Some(applier) = self.applier.take() {
+            match tokio::time::timeout(timeout + Duration::from_secs(1), applier.finish()).await {
+                Ok(Err(e)) => tracing::error!(error = %e, "apply task"),
+                Err(_) => tracing::warn!("the apply task did not finish within the shutdown timeout"),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let applied = self.context.progress.applied();
+        self.summary.applied = (applied.0 > 0).then_some(applied);
+        self.stream.shutdown().await;
+        self.stop.task.abort();
+        self.summary.batches = self.context.metrics.batches.load(Ordering::Relaxed);
+        self.summary
+    }
+}
+
+/// One place for what a fallback or an unmappable change leaves behind: the log line and the
+/// metric together.
+fn record_notes(txn: &PlannedTxn, metrics: &Metrics) {
+    for note in &txn.fallbacks {
+        let escalation = note.reason.starts_with("fan-out");
+        metrics.fallback(&note.rule, escalation);
+        tracing::info!(rule = %note.rule, table = %note.table, op = %note.op, lsn = ?txn.commit.lsn.map(|l| l.to_string()), reason = %note.reason, "fallback applied");
+    }
+    for note in &txn.unrenderable {
+        metrics.unrenderable(&note.rule);
+        tracing::error!(rule = %note.rule, table = %note.table, op = %note.op, lsn = ?txn.commit.lsn.map(|l| l.to_string()), reason = %note.reason, "change could not be mapped and the rule has no fallback; nothing was invalidated for it");
+    }
+}
+
+fn count_change(counts: &mut BTreeMap<(String, &'static str), u64>, change: &Change) {
+    match change {
+        Change::Row(r) => {
+            let key = (r.relation.qualified_name(), r.op.as_str());
+            *counts.entry(key).or_default() += 1;
+        }
+        Change::Truncate(t) => {
+            for rel in &t.relations {
+                *counts.entry((rel.qualified_name(), "truncate")).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// The commit time as the stream reported it, for latency (exposed for tests).
+pub fn latency_seconds(commit: Timestamp) -> f64 {
+    ((Timestamp::now().0 - commit.0).max(0) as f64) / 1e6
+}

@@ -1,0 +1,89 @@
+//! Before streaming: the startup check against the live schema, and the sinks built from the
+//! configuration.
+
+use super::applier::BoxSink;
+use super::DaemonError;
+use crate::config::Validated;
+use crate::rules::{RuleSet, Severity};
+use crate::sink::redis::RedisTarget;
+use crate::source::conn::{ConnectOptions, ReplicationConnection};
+use crate::source::stream::StreamError;
+
+/// Startup checks with database access: the schema facts `check --db` uses; errors (a rule that
+/// cannot render for its table's replica identity without a fallback, missing tables or
+/// columns, tables outside the publication) refuse the start unless allowed.
+pub async fn check_schema(connect: &ConnectOptions, rules: &RuleSet, config: &Validated) -> Result<(), DaemonError> {
+    let mut conn = ReplicationConnection::connect(connect)
+        .await
+        .map_err(|e| DaemonError::Stream(StreamError::Conn(e)))?;
+    let schema = crate::check::read_schema_with(&mut conn, rules, Some(&config.config.postgres.publication)).await?;
+    let keep = conn.simple_query("SHOW max_slot_wal_keep_size").await;
+    conn.close().await;
+    if let Ok(keep) = keep {
+        if keep.first("max_slot_wal_keep_size") == Some("-1") {
+            tracing::warn!(
+                "max_slot_wal_keep_size is unlimited: if walbust stops for long, the slot retains WAL until the disk fills; set a limit on the server"
+            );
+        }
+    }
+    let mut errors = Vec::new();
+    for d in crate::check::check_against_schema(rules, &schema) {
+        match d.severity {
+            Severity::Warning => tracing::warn!(finding = %d, "startup check"),
+            Severity::Error => errors.push(d.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    if !config.config.rules.allow_unrenderable {
+        return Err(DaemonError::Startup(errors.join("\n")));
+    }
+    for e in &errors {
+        tracing::error!(finding = %e, "startup check (allowed by rules.allow_unrenderable)");
+    }
+    Ok(())
+}
+
+/// The configured targets: one sink per `[[redis]]` entry, and — when a rule uses
+/// `redelete_after` — a second connection per target for the delayed re-deletes.
+pub struct Targets {
+    pub sinks: Vec<BoxSink>,
+    pub redelete: Vec<RedisTarget>,
+}
+
+pub async fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, DaemonError> {
+    let cfg = &config.config;
+    let redeletes = rules.rules.iter().any(|rule| rule.redelete_after.is_some());
+    let mut targets = Targets {
+        sinks: Vec::new(),
+        redelete: Vec::new(),
+    };
+    for (i, r) in cfg.redis.iter().enumerate() {
+        let ca = match &r.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|source| DaemonError::CaCert {
+                field: format!("redis[{i}].ca_cert"),
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let connect = |ca: Option<Vec<u8>>| {
+            RedisTarget::with_tls(&r.url, r.cluster, ca, cfg.apply.delete_command, &cfg.rules.tag_prefix).map_err(
+                |source| DaemonError::Target {
+                    field: format!("redis[{i}].url"),
+                    source,
+                },
+            )
+        };
+        let mut target = connect(ca.clone())?.with_epoch_key(&cfg.apply.epoch_key);
+        if let Err(e) = target.ping().await {
+            tracing::warn!(target = %target.name, error = %e, "redis not reachable yet; changes will wait");
+        }
+        targets.sinks.push(Box::new(target));
+        if redeletes {
+            targets.redelete.push(connect(ca)?);
+        }
+    }
+    Ok(targets)
+}

@@ -1,0 +1,152 @@
+//! Schema facts for `check --db` and the daemon's startup check, read over a
+//! replication-protocol connection (SQL works on it, so TLS and authentication are the
+//! daemon's). Comparing them with the rules is pure and lives in
+//! [`walbust_core::rules::check`].
+
+use crate::model::{Op, ReplicaIdentity};
+use crate::rules::check::{ColumnInfo, PublicationInfo, SchemaInfo, TableInfo};
+use crate::rules::{RuleSet, TableName};
+use crate::source::conn::{ConnError, ConnectOptions, QueryResult, ReplicationConnection};
+use crate::source::slot::quote_literal;
+use std::collections::BTreeSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckDbError {
+    #[error("cannot check against the database: {0}")]
+    Conn(#[from] ConnError),
+}
+
+fn column(result: &QueryResult, row: &[Option<String>], name: &str) -> String {
+    result
+        .columns
+        .iter()
+        .position(|c| c == name)
+        .and_then(|i| row.get(i).cloned().flatten())
+        .unwrap_or_default()
+}
+
+/// Reads the facts for every rule table (and the publication's tables). Uses a
+/// replication-protocol connection (SQL works on it), so TLS and authentication settings are
+/// the daemon's.
+pub async fn read_schema(url: &str, rules: &RuleSet, publication: Option<&str>) -> Result<SchemaInfo, CheckDbError> {
+    let options = ConnectOptions::parse(url)?;
+    let mut conn = ReplicationConnection::connect(&options).await?;
+    let info = read_schema_with(&mut conn, rules, publication).await?;
+    conn.close().await;
+    Ok(info)
+}
+
+/// [`read_schema`] on an open connection.
+pub async fn read_schema_with(
+    conn: &mut ReplicationConnection,
+    rules: &RuleSet,
+    publication: Option<&str>,
+) -> Result<SchemaInfo, CheckDbError> {
+    let wal_level = conn.simple_query("SHOW wal_level").await?;
+    let mut info = SchemaInfo {
+        wal_level: wal_level.first("wal_level").unwrap_or("").to_string(),
+        ..SchemaInfo::default()
+    };
+    let mut wanted: BTreeSet<TableName> = rules.tables().cloned().collect();
+    if let Some(name) = publication {
+        let found = conn
+            .simple_query(&format!(
+                "SELECT pubinsert::text AS i, pubupdate::text AS u, pubdelete::text AS d, pubtruncate::text AS t \
+                 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                quote_literal(name)
+            ))
+            .await?;
+        let mut publication = PublicationInfo {
+            name: name.to_string(),
+            exists: !found.rows.is_empty(),
+            ..PublicationInfo::default()
+        };
+        if let Some(row) = found.rows.first() {
+            for (col, op) in [
+                ("i", Op::Insert),
+                ("u", Op::Update),
+                ("d", Op::Delete),
+                ("t", Op::Truncate),
+            ] {
+                if column(&found, row, col) == "true" {
+                    publication.publishes.insert(op);
+                }
+            }
+            let tables = conn
+                .simple_query(&format!(
+                    "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+                    quote_literal(name)
+                ))
+                .await?;
+            for row in &tables.rows {
+                publication.tables.insert(TableName {
+                    schema: column(&tables, row, "s"),
+                    name: column(&tables, row, "t"),
+                });
+            }
+        }
+        wanted.extend(publication.tables.iter().cloned());
+        info.publication = Some(publication);
+    }
+    for table in wanted {
+        let rel = conn
+            .simple_query(&format!(
+                "SELECT c.oid::text AS oid, c.relreplident::text AS ident FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
+                quote_literal(&table.schema),
+                quote_literal(&table.name)
+            ))
+            .await?;
+        let Some(row) = rel.rows.first() else { continue };
+        let oid = column(&rel, row, "oid");
+        let replica_identity = column(&rel, row, "ident")
+            .bytes()
+            .next()
+            .and_then(ReplicaIdentity::from_code);
+        let cols = conn
+            .simple_query(&format!(
+                "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, \
+                 (t.typlen = -1 AND a.attstorage <> 'p')::text AS toastable \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+            ))
+            .await?;
+        let columns: Vec<ColumnInfo> = cols
+            .rows
+            .iter()
+            .map(|r| ColumnInfo {
+                name: column(&cols, r, "name"),
+                type_name: column(&cols, r, "type"),
+                toastable: column(&cols, r, "toastable") == "true",
+            })
+            .collect();
+        let identity_columns: BTreeSet<String> = match replica_identity {
+            Some(ReplicaIdentity::Full) => columns.iter().map(|c| c.name.clone()).collect(),
+            Some(ReplicaIdentity::Nothing) | None => BTreeSet::new(),
+            Some(ReplicaIdentity::Default) | Some(ReplicaIdentity::Index) => {
+                let flag = if replica_identity == Some(ReplicaIdentity::Default) {
+                    "i.indisprimary"
+                } else {
+                    "i.indisreplident"
+                };
+                let idx = conn
+                    .simple_query(&format!(
+                        "SELECT a.attname::text AS name FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a \
+                         ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {oid} AND {flag}"
+                    ))
+                    .await?;
+                idx.rows.iter().map(|r| column(&idx, r, "name")).collect()
+            }
+        };
+        info.tables.insert(
+            table,
+            TableInfo {
+                columns,
+                replica_identity,
+                identity_columns,
+            },
+        );
+    }
+    Ok(info)
+}

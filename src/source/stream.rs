@@ -1,0 +1,503 @@
+//! The logical replication stream: slot checks, START_REPLICATION, decoding, acknowledgement
+//! and reconnection, run as a background task that hands events to the consumer.
+//!
+//! ```text
+//!   walsender ──CopyData──▶ stream task ──(bounded channel: batches of events)──▶ consumer
+//!       ▲                       │  decode pgoutput, keepalives, status updates        │
+//!       └──── status update ◀───┴──────────── applied(lsn) (shared atomic) ◀──────────┘
+//! ```
+//!
+//! # Acknowledgement semantics
+//!
+//! * The stream yields whole committed transactions (pgoutput protocol 1 sends a transaction
+//!   only after it committed): `Begin`, changes, `Commit` — in commit order.
+//! * The consumer calls [`Stream::applied`] with a Commit's `end_lsn` once every target has
+//!   applied everything up to it. Status updates carry write = flush = apply = the highest
+//!   applied position, never more; positions only move forward.
+//! * The task replies to keepalives that request it, and sends a status update at least every
+//!   `status_interval` (default 10 s), also while the consumer is not taking events
+//!   (backpressure: the task stops reading WAL but keeps the connection alive) — with the old
+//!   position, so `wal_sender_timeout` never fires.
+//! * When nothing is in flight (every forwarded transaction is applied and none is open), the
+//!   task acknowledges the keepalive's / XLogData's `wal_end`, so an idle publication or writes
+//!   in other databases do not make the slot retain WAL forever.
+//! * After a reconnect the server resumes from the slot's confirmed position: the consumer gets
+//!   [`StreamItem::Reconnected`] (drop any partial transaction) and then every transaction after
+//!   the confirmed position again — at-least-once, none skipped.
+//! * Transient errors (connection reset, server restart, walsender terminated, slot active for
+//!   another PID) reconnect with exponential backoff and jitter; definite ones (missing slot or
+//!   publication, wrong plugin, lost slot, authentication) end the stream with a clear error.
+
+use super::conn::{ConnError, ConnectOptions, ReplicationConnection};
+pub use super::error::StreamError;
+use super::slot::{create_slot, quote_ident, quote_literal, slot_info};
+use crate::decode::frames::{parse_server_frame, pg_now_micros, standby_status_update, ServerFrame};
+use crate::decode::pgoutput::Decoder;
+use crate::model::{Event, Lsn};
+use crate::retry::Backoff;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Stream settings.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub connect: ConnectOptions,
+    pub slot: String,
+    pub publication: String,
+    /// Create the publication (for all tables of `tables`) and the slot when missing.
+    pub create_slot: bool,
+    pub status_interval: Duration,
+    /// Events per batch handed to the consumer.
+    pub batch_events: usize,
+    /// Batches buffered between the task and the consumer (bounds memory).
+    pub channel_batches: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl StreamConfig {
+    pub fn new(connect: ConnectOptions, slot: &str, publication: &str) -> StreamConfig {
+        StreamConfig {
+            connect,
+            slot: slot.to_string(),
+            publication: publication.to_string(),
+            create_slot: false,
+            status_interval: Duration::from_secs(10),
+            batch_events: 1024,
+            channel_batches: 16,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the consumer receives.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// Decoded events, in order.
+    Events(Vec<Event>),
+    /// The connection was lost and re-established: discard any partial transaction; everything
+    /// after the last acknowledged position is sent again.
+    Reconnected { error: String },
+    /// The stream stopped for good.
+    Failed(StreamError),
+}
+
+/// The replication position: the one place that holds how far every sink has applied. The
+/// applier writes it ([`Progress::mark_applied`], only after every sink returned `Ok`); the
+/// stream task reads it to acknowledge; metrics and `/readyz` read it. It outlives a stream (a
+/// restarted stream after gap recovery gets the same one).
+#[derive(Debug, Default)]
+pub struct Progress {
+    applied: AtomicU64,
+    /// The last position reported to the server.
+    reported: AtomicU64,
+    reconnects: AtomicU64,
+    /// The server's WAL end as last seen (keepalive or XLogData).
+    server_wal_end: AtomicU64,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// Reports that everything up to `lsn` is applied (same as [`Stream::applied`]).
+    pub fn mark_applied(&self, lsn: Lsn) {
+        self.applied.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+    pub fn applied(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::Acquire))
+    }
+    pub fn reported(&self) -> Lsn {
+        Lsn(self.reported.load(Ordering::Acquire))
+    }
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+    pub fn server_wal_end(&self) -> Lsn {
+        Lsn(self.server_wal_end.load(Ordering::Acquire))
+    }
+    /// True while streaming (after START_REPLICATION succeeded, until the connection ends).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// A running replication stream.
+pub struct Stream {
+    rx: mpsc::Receiver<StreamItem>,
+    progress: Arc<Progress>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    /// Starts the background task; it connects (and reconnects) by itself.
+    pub fn start(config: StreamConfig) -> Stream {
+        Stream::start_with(config, Arc::new(Progress::default()))
+    }
+
+    /// [`Stream::start`] reporting into an existing [`Progress`].
+    pub fn start_with(config: StreamConfig, progress: Arc<Progress>) -> Stream {
+        let (tx, rx) = mpsc::channel(config.channel_batches.max(1));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(run(config, tx, progress.clone(), shutdown_rx));
+        Stream {
+            rx,
+            progress,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<StreamItem> {
+        self.rx.recv().await
+    }
+
+    /// Reports that everything up to `lsn` (a Commit's `end_lsn`) is applied. Never moves back.
+    pub fn applied(&self, lsn: Lsn) {
+        self.progress.applied.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// Stops reading, sends a final status update with the applied position, closes.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        drop(self.rx);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    config: StreamConfig,
+    tx: mpsc::Sender<StreamItem>,
+    progress: Arc<Progress>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut streamed = false;
+    loop {
+        let mut session = Session::new(&config, &tx, &progress);
+        // `create_slot` applies to the first connection only: once this process has streamed
+        // from the slot, a missing slot means its history has a gap (dropped, lost, or a failover
+        // to a server that never had it) — reported, for `on_gap` to decide, never silently
+        // recreated.
+        session.may_create_slot = !streamed;
+        let result = session.run(&mut shutdown, &mut backoff).await;
+        streamed |= session.started;
+        progress.connected.store(false, Ordering::Release);
+        match result {
+            Ok(()) => return,
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                tracing::warn!(error = %e, "replication connection lost; reconnecting");
+                progress.reconnects.fetch_add(1, Ordering::Relaxed);
+                if session.started && tx.send(StreamItem::Reconnected { error: e.to_string() }).await.is_err() {
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(e) => {
+                if !*shutdown.borrow() {
+                    tracing::error!(error = %e, "replication stream stopped");
+                    let _ = tx.send(StreamItem::Failed(e)).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+struct Session<'a> {
+    config: &'a StreamConfig,
+    tx: &'a mpsc::Sender<StreamItem>,
+    progress: &'a Progress,
+    decoder: Decoder,
+    /// End LSN of the last Commit handed to the consumer.
+    forwarded_end: Lsn,
+    in_transaction: bool,
+    /// Latest server WAL end seen (keepalive or XLogData).
+    server_wal_end: Lsn,
+    /// The position last sent to the server.
+    reported: Lsn,
+    last_status: Instant,
+    started: bool,
+    may_create_slot: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(config: &'a StreamConfig, tx: &'a mpsc::Sender<StreamItem>, progress: &'a Progress) -> Session<'a> {
+        Session {
+            config,
+            tx,
+            progress,
+            decoder: Decoder::new(),
+            forwarded_end: Lsn(0),
+            in_transaction: false,
+            server_wal_end: Lsn(0),
+            reported: progress.reported(),
+            last_status: Instant::now(),
+            started: false,
+            may_create_slot: true,
+        }
+    }
+
+    /// The position to report: applied, or the server's WAL end when nothing is in flight.
+    fn ack_position(&self) -> Lsn {
+        ack_position(
+            self.progress.applied(),
+            self.forwarded_end,
+            self.in_transaction,
+            self.server_wal_end,
+            self.reported,
+        )
+    }
+
+    async fn send_status(&mut self, conn: &mut ReplicationConnection, reply: bool) -> Result<(), StreamError> {
+        let position = self.ack_position();
+        conn.send_copy_data(&standby_status_update(position, pg_now_micros(), reply))
+            .await?;
+        self.reported = position;
+        self.progress.reported.fetch_max(position.0, Ordering::AcqRel);
+        self.last_status = Instant::now();
+        Ok(())
+    }
+
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> Result<(), StreamError> {
+        let mut conn = ReplicationConnection::connect(&self.config.connect).await?;
+        preflight(&mut conn, self.config, self.may_create_slot).await?;
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+            quote_ident(&self.config.slot),
+            quote_literal(&quote_ident(&self.config.publication))
+        );
+        conn.start_copy_both(&command)
+            .await
+            .map_err(|e| classify(e, self.config))?;
+        self.started = true;
+        self.progress.connected.store(true, Ordering::Release);
+        backoff.reset();
+        tracing::info!(slot = %self.config.slot, publication = %self.config.publication, target = conn.target(), "replication started");
+        let mut batch: Vec<Event> = Vec::with_capacity(self.config.batch_events);
+        let mut status_timer = tokio::time::interval(self.config.status_interval);
+        status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Report newly applied positions promptly (at most every 100 ms), so the slot releases
+        // WAL and `confirmed_flush_lsn` follows the applier closely.
+        let mut ack_timer = tokio::time::interval(Duration::from_millis(100));
+        ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if !batch.is_empty() && (batch.len() >= self.config.batch_events || !conn.has_buffered_message()) {
+                let events = std::mem::replace(&mut batch, Vec::with_capacity(self.config.batch_events));
+                self.deliver(&mut conn, events, shutdown, &mut status_timer).await?;
+                if *shutdown.borrow() {
+                    return self.finish(conn).await;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return self.finish(conn).await,
+                _ = status_timer.tick() => {
+                    self.send_status(&mut conn, false).await?;
+                }
+                _ = ack_timer.tick() => {
+                    if self.ack_position() > self.reported {
+                        self.send_status(&mut conn, false).await?;
+                    }
+                }
+                data = conn.recv_copy_data() => {
+                    let Some(data) = data.map_err(|e| classify(e, self.config))? else {
+                        return Err(StreamError::Ended);
+                    };
+                    match parse_server_frame(&data).map_err(|source| StreamError::Decode { lsn: self.server_wal_end, source })? {
+                        ServerFrame::XLogData { start, wal_end, data, .. } => {
+                            self.server_wal_end = self.server_wal_end.max(wal_end);
+                            self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
+                            let event = self
+                                .decoder
+                                .decode(data)
+                                .map_err(|source| StreamError::Decode { lsn: start, source })?;
+                            if let Some(event) = event {
+                                match &event {
+                                    Event::Begin { .. } => self.in_transaction = true,
+                                    Event::Commit(info) => {
+                                        self.in_transaction = false;
+                                        if let Some(end) = info.end_lsn {
+                                            self.forwarded_end = self.forwarded_end.max(end);
+                                        }
+                                    }
+                                    _ => {}
+                                }
+                                batch.push(event);
+                            }
+                        }
+                        ServerFrame::Keepalive { wal_end, reply_requested, .. } => {
+                            self.server_wal_end = self.server_wal_end.max(wal_end);
+                            self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
+                            let idle_advance = self.ack_position() > self.reported;
+                            if reply_requested || idle_advance || self.last_status.elapsed() >= self.config.status_interval {
+                                self.send_status(&mut conn, false).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a batch to the consumer; while it is busy (channel full), keep the connection
+    /// alive with status updates and stop reading WAL.
+    async fn deliver(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        events: Vec<Event>,
+        shutdown: &mut watch::Receiver<bool>,
+        status_timer: &mut tokio::time::Interval,
+    ) -> Result<(), StreamError> {
+        let mut events = Some(events);
+        loop {
+            tokio::select! {
+                biased;
+                permit = self.tx.reserve() => {
+                    match permit {
+                        Ok(permit) => {
+                            permit.send(StreamItem::Events(events.take().unwrap_or_default()));
+                            return Ok(());
+                        }
+                        Err(_) => {
+                            // The consumer is gone: stop.
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = shutdown.changed() => return Ok(()),
+                _ = status_timer.tick() => self.send_status(conn, false).await?,
+            }
+        }
+    }
+
+    async fn finish(&mut self, mut conn: ReplicationConnection) -> Result<(), StreamError> {
+        let _ = self.send_status(&mut conn, false).await;
+        conn.close().await;
+        Ok(())
+    }
+}
+
+/// The acknowledgement decision, pure so it can be table-tested:
+/// report what is applied; when nothing is in flight, report the server's WAL end instead;
+/// never go backwards.
+pub fn ack_position(applied: Lsn, forwarded_end: Lsn, in_transaction: bool, server_wal_end: Lsn, reported: Lsn) -> Lsn {
+    let idle = !in_transaction && applied >= forwarded_end;
+    let position = if idle { applied.max(server_wal_end) } else { applied };
+    position.max(reported)
+}
+
+/// Maps server errors from START_REPLICATION to the distinct errors operators need.
+fn classify(e: ConnError, config: &StreamConfig) -> StreamError {
+    if let Some(server) = e.server() {
+        let m = &server.message;
+        if server.code == "55006" || m.contains("is active for PID") {
+            let pid = m.rsplit(' ').next().unwrap_or("?").to_string();
+            return StreamError::SlotActive {
+                slot: config.slot.clone(),
+                pid,
+            };
+        }
+        if server.code == "42704" && m.contains("replication slot") {
+            return StreamError::SlotMissing(config.slot.clone());
+        }
+        if server.code == "42704" && m.contains("publication") {
+            return StreamError::PublicationMissing(config.publication.clone());
+        }
+        if m.contains("can no longer get changes") || m.contains("has been invalidated") {
+            return StreamError::SlotLost(config.slot.clone());
+        }
+        if m.contains("wal_level") {
+            return StreamError::WalLevel("not logical".into());
+        }
+    }
+    StreamError::Conn(e)
+}
+
+/// Checks the server and slot before streaming; creates publication and slot when asked.
+async fn preflight(
+    conn: &mut ReplicationConnection,
+    config: &StreamConfig,
+    may_create_slot: bool,
+) -> Result<(), StreamError> {
+    let wal_level = conn.simple_query("SHOW wal_level").await?;
+    let level = wal_level.first("wal_level").unwrap_or("").to_string();
+    if level != "logical" {
+        return Err(StreamError::WalLevel(level));
+    }
+    let publication = conn
+        .simple_query(&format!(
+            "SELECT 1 AS found FROM pg_catalog.pg_publication WHERE pubname = {}",
+            quote_literal(&config.publication)
+        ))
+        .await?;
+    if publication.rows.is_empty() {
+        return Err(StreamError::PublicationMissing(config.publication.clone()));
+    }
+    let slot = slot_info(conn, &config.slot).await?;
+    let slot = match slot {
+        Some(s) => s,
+        None if config.create_slot && may_create_slot => {
+            create_slot(conn, &config.slot, false).await?;
+            slot_info(conn, &config.slot)
+                .await?
+                .ok_or_else(|| StreamError::SlotMissing(config.slot.clone()))?
+        }
+        None => return Err(StreamError::SlotMissing(config.slot.clone())),
+    };
+    if slot.plugin != "pgoutput" {
+        return Err(StreamError::WrongPlugin {
+            slot: config.slot.clone(),
+            plugin: slot.plugin,
+        });
+    }
+    let connected = conn.parameters.get("database").cloned();
+    let current_db = conn.simple_query("SELECT current_database() AS db").await?;
+    let current = current_db.first("db").unwrap_or("").to_string();
+    if slot.database != current {
+        return Err(StreamError::WrongDatabase {
+            slot: config.slot.clone(),
+            database: slot.database,
+            connected: connected.unwrap_or(current),
+        });
+    }
+    if slot.wal_status.as_deref() == Some("lost") {
+        return Err(StreamError::SlotLost(config.slot.clone()));
+    }
+    if let Some(pid) = slot.active_pid {
+        return Err(StreamError::SlotActive {
+            slot: config.slot.clone(),
+            pid,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_decisions() {
+        let l = Lsn;
+        // Applied position is reported while a transaction is in flight.
+        assert_eq!(ack_position(l(100), l(200), false, l(500), l(0)), l(100));
+        // Idle: everything forwarded is applied → acknowledge the server's WAL end.
+        assert_eq!(ack_position(l(200), l(200), false, l(500), l(0)), l(500));
+        // Inside an open transaction we never jump ahead.
+        assert_eq!(ack_position(l(200), l(200), true, l(500), l(0)), l(200));
+        // Never backwards.
+        assert_eq!(ack_position(l(100), l(200), false, l(0), l(150)), l(150));
+        assert_eq!(ack_position(l(0), l(0), false, l(0), l(0)), l(0));
+    }
+}
