@@ -81,7 +81,7 @@ fn setup() -> Setup {
         ..RedisConfig::default()
     }];
     config.http.listen = format!("127.0.0.1:{metrics_port}");
-    config.shutdown_timeout = "10s".into();
+    config.shutdown_timeout = std::time::Duration::from_secs(10);
     Setup {
         pg,
         redis,

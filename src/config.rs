@@ -1,21 +1,45 @@
 //! Daemon configuration: `walbust.toml`, overridden by `WALBUST_…` environment variables, then
-//! by command-line flags. Unknown keys are errors; validation names the field; secrets are
-//! redacted whenever the configuration is printed.
+//! by command-line flags ([`Config::resolve`]). Defaults are the named constants below; durations
+//! are typed (written `500ms`, `10s`, `1m` as in the rules); unknown keys are errors; every check
+//! lives in [`Config::validate`] and names the field; secrets are redacted whenever the
+//! configuration is printed.
 
 use crate::rules::load::parse_duration;
 use crate::rules::RuleSet;
 use crate::sink::redis::{redact_url, DeleteCommand};
+use crate::source::conn::ConnectOptions;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub const DEFAULT_SLOT: &str = "walbust";
+pub const DEFAULT_PUBLICATION: &str = "walbust";
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_SLOT_STATS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_RULES_PATH: &str = "rules";
+pub const DEFAULT_TAG_PREFIX: &str = "tag:";
+pub const DEFAULT_MAX_KEYS_PER_TRANSACTION: usize = 10_000;
+pub const DEFAULT_MAX_BATCH_DELAY: Duration = Duration::from_millis(1);
+pub const DEFAULT_MAX_BATCH_ACTIONS: usize = 5_000;
+pub const DEFAULT_EPOCH_KEY: &str = crate::sink::redis::DEFAULT_EPOCH_KEY;
+pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_BUFFER_BATCHES: usize = 16;
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9187";
+pub const DEFAULT_READY_MAX_LAG_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 }
@@ -24,6 +48,20 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
+    }
+}
+
+/// Durations in the configuration file, written as in the rules (`500ms`, `10s`, `1.5s`, `1m`).
+mod duration_text {
+    use super::parse_duration;
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("cannot read duration `{text}`; write e.g. 1ms, 10s or 1m"))
+        })
     }
 }
 
@@ -39,6 +77,16 @@ pub enum OnGap {
     BumpEpoch,
 }
 
+impl OnGap {
+    fn parse(text: &str) -> Option<OnGap> {
+        match text {
+            "fail" => Some(OnGap::Fail),
+            "bump_epoch" => Some(OnGap::BumpEpoch),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
@@ -48,23 +96,26 @@ pub struct PostgresConfig {
     pub publication: String,
     /// Create the slot when it does not exist (the publication must exist).
     pub create_slot: bool,
-    pub status_interval: String,
+    #[serde(with = "duration_text")]
+    pub status_interval: Duration,
     /// Longest wait between reconnection attempts (also how fast a standby takes over).
-    pub reconnect_max_delay: String,
+    #[serde(with = "duration_text")]
+    pub reconnect_max_delay: Duration,
     /// Poll slot statistics (retained WAL) this often.
-    pub slot_stats_interval: String,
+    #[serde(with = "duration_text")]
+    pub slot_stats_interval: Duration,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
             url: String::new(),
-            slot: "walbust".into(),
-            publication: "walbust".into(),
+            slot: DEFAULT_SLOT.into(),
+            publication: DEFAULT_PUBLICATION.into(),
             create_slot: false,
-            status_interval: "10s".into(),
-            reconnect_max_delay: "5s".into(),
-            slot_stats_interval: "10s".into(),
+            status_interval: DEFAULT_STATUS_INTERVAL,
+            reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
+            slot_stats_interval: DEFAULT_SLOT_STATS_INTERVAL,
         }
     }
 }
@@ -83,9 +134,9 @@ pub struct RulesConfig {
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
-            path: PathBuf::from("rules"),
-            tag_prefix: "tag:".into(),
-            max_keys_per_transaction: 10_000,
+            path: PathBuf::from(DEFAULT_RULES_PATH),
+            tag_prefix: DEFAULT_TAG_PREFIX.into(),
+            max_keys_per_transaction: DEFAULT_MAX_KEYS_PER_TRANSACTION,
             allow_unrenderable: false,
         }
     }
@@ -94,12 +145,14 @@ impl Default for RulesConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplyConfig {
-    pub max_batch_delay: String,
+    #[serde(with = "duration_text")]
+    pub max_batch_delay: Duration,
     pub max_batch_actions: usize,
     pub delete_command: DeleteCommand,
     pub on_gap: OnGap,
     pub epoch_key: String,
-    pub retry_max_delay: String,
+    #[serde(with = "duration_text")]
+    pub retry_max_delay: Duration,
     /// Batches of events buffered between the stream and the applier (bounds memory).
     pub buffer_batches: usize,
 }
@@ -107,13 +160,13 @@ pub struct ApplyConfig {
 impl Default for ApplyConfig {
     fn default() -> Self {
         ApplyConfig {
-            max_batch_delay: "1ms".into(),
-            max_batch_actions: 5_000,
+            max_batch_delay: DEFAULT_MAX_BATCH_DELAY,
+            max_batch_actions: DEFAULT_MAX_BATCH_ACTIONS,
             delete_command: DeleteCommand::Unlink,
             on_gap: OnGap::Fail,
-            epoch_key: "walbust:epoch".into(),
-            retry_max_delay: "5s".into(),
-            buffer_batches: 16,
+            epoch_key: DEFAULT_EPOCH_KEY.into(),
+            retry_max_delay: DEFAULT_RETRY_MAX_DELAY,
+            buffer_batches: DEFAULT_BUFFER_BATCHES,
         }
     }
 }
@@ -131,6 +184,16 @@ pub struct RedisConfig {
     pub ca_cert: Option<PathBuf>,
 }
 
+impl RedisConfig {
+    /// A target with default settings.
+    pub fn url(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            ..RedisConfig::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -143,14 +206,14 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: "127.0.0.1:9187".into(),
-            ready_max_lag_bytes: 256 * 1024 * 1024,
+            listen: DEFAULT_HTTP_LISTEN.into(),
+            ready_max_lag_bytes: DEFAULT_READY_MAX_LAG_BYTES,
         }
     }
 }
 
 /// The whole configuration file.
-#[derive(Clone, Deserialize, Default)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub postgres: PostgresConfig,
@@ -158,7 +221,21 @@ pub struct Config {
     pub apply: ApplyConfig,
     pub redis: Vec<RedisConfig>,
     pub http: HttpConfig,
-    pub shutdown_timeout: String,
+    #[serde(with = "duration_text")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            postgres: PostgresConfig::default(),
+            rules: RulesConfig::default(),
+            apply: ApplyConfig::default(),
+            redis: Vec::new(),
+            http: HttpConfig::default(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -174,6 +251,7 @@ impl fmt::Debug for Config {
                 &self.redis.iter().map(|r| redact_url(&r.url)).collect::<Vec<_>>(),
             )
             .field("http", &self.http)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
     }
 }
@@ -195,17 +273,36 @@ pub fn redact_pg(url: &str) -> String {
         .join(" ")
 }
 
-/// Settings with durations parsed and everything validated.
+/// Settings from command-line flags; they win over the environment and the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub db: Option<String>,
+    pub slot: Option<String>,
+    pub publication: Option<String>,
+    pub rules: Option<PathBuf>,
+    /// Replaces the configured targets when not empty.
+    pub redis: Vec<String>,
+    pub listen: Option<String>,
+    pub create_slot: bool,
+}
+
+/// A configuration that passed [`Config::validate`].
 #[derive(Clone, Debug)]
 pub struct Validated {
     pub config: Config,
-    pub status_interval: Duration,
-    pub reconnect_max_delay: Duration,
-    pub slot_stats_interval: Duration,
-    pub max_batch_delay: Duration,
-    pub retry_max_delay: Duration,
-    pub shutdown_timeout: Duration,
+    /// `postgres.url`, parsed.
+    pub connect: ConnectOptions,
 }
+
+impl std::ops::Deref for Validated {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// Environment variables that only name where to find things (read by the command line).
+const ENV_NOT_CONFIGURATION: [&str; 2] = ["LOG_FORMAT", "CONFIG"];
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -217,14 +314,46 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        if config.shutdown_timeout.is_empty() {
-            config.shutdown_timeout = "10s".into();
-        }
+            source,
+        })
+    }
+
+    /// What a command runs with: the file (or the defaults), then `WALBUST_…` variables from
+    /// `env`, then `flags`. Not validated yet.
+    pub fn resolve(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.apply_overrides(flags);
         Ok(config)
+    }
+
+    /// Applies command-line flags.
+    pub fn apply_overrides(&mut self, flags: &Overrides) {
+        let set = |target: &mut String, value: &Option<String>| {
+            if let Some(v) = value {
+                target.clone_from(v);
+            }
+        };
+        set(&mut self.postgres.url, &flags.db);
+        set(&mut self.postgres.slot, &flags.slot);
+        set(&mut self.postgres.publication, &flags.publication);
+        set(&mut self.http.listen, &flags.listen);
+        if let Some(rules) = &flags.rules {
+            self.rules.path.clone_from(rules);
+        }
+        if !flags.redis.is_empty() {
+            self.redis = flags.redis.iter().map(RedisConfig::url).collect();
+        }
+        self.postgres.create_slot |= flags.create_slot;
     }
 
     /// Applies `WALBUST_…` environment variables (from `vars`, usually `std::env::vars()`).
@@ -233,113 +362,131 @@ impl Config {
             let Some(name) = key.strip_prefix("WALBUST_") else {
                 continue;
             };
-            let number = |field: &str| {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| invalid(field, format!("expected a number in {key}, found `{value}`")))
-            };
-            match name {
-                "DB" | "POSTGRES_URL" => self.postgres.url = value.clone(),
-                "SLOT" => self.postgres.slot = value.clone(),
-                "PUBLICATION" => self.postgres.publication = value.clone(),
-                "CREATE_SLOT" => self.postgres.create_slot = matches!(value.as_str(), "1" | "true" | "yes"),
-                "STATUS_INTERVAL" => self.postgres.status_interval = value.clone(),
-                "RULES" => self.rules.path = PathBuf::from(&value),
-                "TAG_PREFIX" => self.rules.tag_prefix = value.clone(),
-                "MAX_KEYS_PER_TRANSACTION" => {
-                    self.rules.max_keys_per_transaction = number("rules.max_keys_per_transaction")? as usize
-                }
-                "ALLOW_UNRENDERABLE" => self.rules.allow_unrenderable = matches!(value.as_str(), "1" | "true" | "yes"),
-                "MAX_BATCH_DELAY" => self.apply.max_batch_delay = value.clone(),
-                "MAX_BATCH_ACTIONS" => self.apply.max_batch_actions = number("apply.max_batch_actions")? as usize,
-                "ON_GAP" => {
-                    self.apply.on_gap = match value.as_str() {
-                        "fail" => OnGap::Fail,
-                        "bump_epoch" => OnGap::BumpEpoch,
-                        _ => {
-                            return Err(invalid(
-                                "apply.on_gap",
-                                format!("{key} must be fail or bump_epoch, not `{value}`"),
-                            ))
-                        }
-                    }
-                }
-                "REDIS" | "REDIS_URLS" => {
-                    self.redis = value
-                        .split(',')
-                        .filter(|u| !u.trim().is_empty())
-                        .map(|u| RedisConfig {
-                            url: u.trim().to_string(),
-                            ..RedisConfig::default()
-                        })
-                        .collect()
-                }
-                "LISTEN" | "HTTP_LISTEN" => self.http.listen = value.clone(),
-                "SHUTDOWN_TIMEOUT" => self.shutdown_timeout = value.clone(),
-                // Read elsewhere (CLI) or not configuration.
-                "LOG_FORMAT" | "CONFIG" => {}
-                _ => {
-                    return Err(invalid(
-                        &key,
-                        "unknown walbust environment variable; see docs/configuration.md for the list",
-                    ))
-                }
+            if ENV_NOT_CONFIGURATION.contains(&name) {
+                continue;
+            }
+            self.apply_env_var(name, &key, value)?;
+        }
+        Ok(())
+    }
+
+    fn apply_env_var(&mut self, name: &str, key: &str, value: String) -> Result<(), ConfigError> {
+        let number = |field: &str| {
+            value
+                .parse::<usize>()
+                .map_err(|_| invalid(field, format!("expected a number in {key}, found `{value}`")))
+        };
+        let duration = |field: &str| {
+            parse_duration(&value).ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("cannot read duration `{value}` in {key}; write e.g. 1ms, 10s or 1m"),
+                )
+            })
+        };
+        let flag = matches!(value.as_str(), "1" | "true" | "yes");
+        match name {
+            "DB" | "POSTGRES_URL" => self.postgres.url = value,
+            "SLOT" => self.postgres.slot = value,
+            "PUBLICATION" => self.postgres.publication = value,
+            "CREATE_SLOT" => self.postgres.create_slot = flag,
+            "STATUS_INTERVAL" => self.postgres.status_interval = duration("postgres.status_interval")?,
+            "RULES" => self.rules.path = PathBuf::from(value),
+            "TAG_PREFIX" => self.rules.tag_prefix = value,
+            "MAX_KEYS_PER_TRANSACTION" => {
+                self.rules.max_keys_per_transaction = number("rules.max_keys_per_transaction")?
+            }
+            "ALLOW_UNRENDERABLE" => self.rules.allow_unrenderable = flag,
+            "MAX_BATCH_DELAY" => self.apply.max_batch_delay = duration("apply.max_batch_delay")?,
+            "MAX_BATCH_ACTIONS" => self.apply.max_batch_actions = number("apply.max_batch_actions")?,
+            "ON_GAP" => {
+                self.apply.on_gap = OnGap::parse(&value).ok_or_else(|| {
+                    invalid(
+                        "apply.on_gap",
+                        format!("{key} must be fail or bump_epoch, not `{value}`"),
+                    )
+                })?
+            }
+            "REDIS" | "REDIS_URLS" => {
+                self.redis = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(RedisConfig::url)
+                    .collect()
+            }
+            "LISTEN" | "HTTP_LISTEN" => self.http.listen = value,
+            "SHUTDOWN_TIMEOUT" => self.shutdown_timeout = duration("shutdown_timeout")?,
+            _ => {
+                return Err(invalid(
+                    key,
+                    "unknown walbust environment variable; see docs/configuration.md for the list",
+                ))
             }
         }
         Ok(())
     }
 
+    /// Every check the configuration alone decides, each naming its field.
     pub fn validate(self) -> Result<Validated, ConfigError> {
-        let duration = |field: &str, text: &str| {
-            parse_duration(text).ok_or_else(|| {
-                invalid(
-                    field,
-                    format!("cannot read duration `{text}`; write e.g. 1ms, 10s or 1m"),
-                )
-            })
-        };
         if self.postgres.url.is_empty() {
             return Err(invalid(
                 "postgres.url",
                 "no database given; set postgres.url in the config, WALBUST_DB, or --db",
             ));
         }
-        if self.postgres.slot.is_empty() {
-            return Err(invalid("postgres.slot", "empty slot name"));
+        let connect = ConnectOptions::parse(&self.postgres.url).map_err(|e| invalid("postgres.url", e.to_string()))?;
+        for (field, value) in [
+            ("postgres.slot", &self.postgres.slot),
+            ("postgres.publication", &self.postgres.publication),
+            ("apply.epoch_key", &self.apply.epoch_key),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
         }
-        if self.postgres.publication.is_empty() {
-            return Err(invalid("postgres.publication", "empty publication name"));
+        self.validate_redis()?;
+        for (field, value) in [
+            ("apply.max_batch_actions", self.apply.max_batch_actions),
+            ("rules.max_keys_per_transaction", self.rules.max_keys_per_transaction),
+            ("apply.buffer_batches", self.apply.buffer_batches),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
+        Ok(Validated { config: self, connect })
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
         if self.redis.is_empty() {
             return Err(invalid(
                 "redis",
                 "no Redis target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis)",
             ));
         }
+        let is_redis_url =
+            |u: &str| u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://");
         for (i, r) in self.redis.iter().enumerate() {
-            let ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://");
-            if !r.url.split(',').all(|u| ok(u.trim())) {
+            if !r.url.split(',').all(|u| is_redis_url(u.trim())) {
                 return Err(invalid(
                     &format!("redis[{i}].url"),
                     format!("`{}` is not a redis:// URL", redact_url(&r.url)),
                 ));
             }
+            if let Some(path) = &r.ca_cert {
+                if !path.is_file() {
+                    return Err(invalid(
+                        &format!("redis[{i}].ca_cert"),
+                        format!(
+                            "{} is not a readable file; give the path of a PEM CA certificate",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
         }
-        if self.apply.max_batch_actions == 0 {
-            return Err(invalid("apply.max_batch_actions", "must be at least 1"));
-        }
-        if self.rules.max_keys_per_transaction == 0 {
-            return Err(invalid("rules.max_keys_per_transaction", "must be at least 1"));
-        }
-        Ok(Validated {
-            status_interval: duration("postgres.status_interval", &self.postgres.status_interval)?,
-            reconnect_max_delay: duration("postgres.reconnect_max_delay", &self.postgres.reconnect_max_delay)?,
-            slot_stats_interval: duration("postgres.slot_stats_interval", &self.postgres.slot_stats_interval)?,
-            max_batch_delay: duration("apply.max_batch_delay", &self.apply.max_batch_delay)?,
-            retry_max_delay: duration("apply.retry_max_delay", &self.apply.retry_max_delay)?,
-            shutdown_timeout: duration("shutdown_timeout", &self.shutdown_timeout)?,
-            config: self,
-        })
+        Ok(())
     }
 }
 
@@ -347,15 +494,13 @@ impl Validated {
     /// The checks that need the loaded rules as well as the configuration.
     pub fn check_rules(&self, rules: &RuleSet) -> Result<(), ConfigError> {
         let patterns = rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty());
-        for (i, r) in self.config.redis.iter().enumerate() {
-            if r.cluster && patterns {
-                return Err(invalid(
-                    &format!("redis[{i}]"),
-                    "delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys",
-                ));
-            }
+        match self.redis.iter().position(|r| r.cluster) {
+            Some(i) if patterns => Err(invalid(
+                &format!("redis[{i}]"),
+                "delete_matching is not supported on Redis Cluster targets (SCAN is per node); replace those rules' patterns with tags or version keys",
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -368,8 +513,8 @@ mod tests {
         let text = include_str!("../walbust.toml");
         let config = Config::parse(Path::new("walbust.toml"), text).unwrap();
         let v = config.validate().unwrap();
-        assert_eq!(v.max_batch_delay, Duration::from_millis(1));
-        assert_eq!(v.config.redis.len(), 1);
+        assert_eq!(v.apply.max_batch_delay, Duration::from_millis(1));
+        assert_eq!(v.redis.len(), 1);
     }
 
     #[test]
@@ -379,36 +524,60 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("w.toml") && err.contains("slott"), "{err}");
-        let mut c = Config::parse(Path::new("w.toml"), "[postgres]\nurl = \"postgres://u:pw@h/db\"\n[[redis]]\nurl = \"redis://h\"\n[apply]\nmax_batch_delay = \"soon\"\n").unwrap();
+        let err = Config::parse(Path::new("w.toml"), "[apply]\nmax_batch_delay = \"soon\"\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("w.toml") && err.contains("line 2") && err.contains("max_batch_delay") && err.contains("soon"),
+            "{err}"
+        );
+        let mut c = Config::parse(
+            Path::new("w.toml"),
+            "[postgres]\nurl = \"postgres://u:pw@h/db\"\n[[redis]]\nurl = \"redis://h\"\n",
+        )
+        .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("pw@"), "{dbg}");
-        c.apply.max_batch_delay = "soon".into();
+        c.apply.max_batch_actions = 0;
         let err = c.clone().validate().err().unwrap().to_string();
-        assert!(err.starts_with("apply.max_batch_delay:"), "{err}");
+        assert!(err.starts_with("apply.max_batch_actions:"), "{err}");
+        c.apply.max_batch_actions = 1;
         c.redis.clear();
         assert!(c.validate().err().unwrap().to_string().starts_with("redis:"));
     }
 
     #[test]
-    fn environment_overrides() {
-        let mut c = Config::default();
-        c.apply_env(
-            [
-                ("WALBUST_DB".to_string(), "postgres://h/db".to_string()),
-                ("WALBUST_REDIS".to_string(), "redis://a,redis://b".to_string()),
-                ("WALBUST_ON_GAP".to_string(), "bump_epoch".to_string()),
-                ("PATH".to_string(), "/bin".to_string()),
-            ]
-            .into_iter(),
-        )
-        .unwrap();
+    fn environment_then_flags_override_the_file() {
+        let env = [
+            ("WALBUST_DB".to_string(), "postgres://h/db".to_string()),
+            ("WALBUST_REDIS".to_string(), "redis://a,redis://b".to_string()),
+            ("WALBUST_ON_GAP".to_string(), "bump_epoch".to_string()),
+            ("WALBUST_MAX_BATCH_DELAY".to_string(), "5ms".to_string()),
+            ("WALBUST_SLOT".to_string(), "from_env".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let flags = Overrides {
+            slot: Some("from_flag".into()),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(None, env.into_iter(), &flags).unwrap();
         assert_eq!(c.redis.len(), 2);
         assert_eq!(c.apply.on_gap, OnGap::BumpEpoch);
+        assert_eq!(c.apply.max_batch_delay, Duration::from_millis(5));
+        assert_eq!(c.postgres.slot, "from_flag");
+        assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        let mut c = c;
         let err = c
             .apply_env([("WALBUST_NOPE".to_string(), "1".to_string())].into_iter())
             .unwrap_err()
             .to_string();
         assert!(err.contains("WALBUST_NOPE"), "{err}");
+        let err = c
+            .apply_env([("WALBUST_SHUTDOWN_TIMEOUT".to_string(), "later".to_string())].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("shutdown_timeout:") && err.contains("later"), "{err}");
         assert_eq!(redact_pg("host=h password=secret user=u"), "host=h password=*** user=u");
     }
 }

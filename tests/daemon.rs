@@ -55,8 +55,8 @@ fn config(pg: &PgInstance, rules: &Path, redis: &[&RedisInstance], listen: &str)
     let mut c = Config::default();
     c.postgres.url = pg.url("app");
     c.postgres.publication = "pub".into();
-    c.postgres.status_interval = "1s".into();
-    c.postgres.reconnect_max_delay = "500ms".into();
+    c.postgres.status_interval = Duration::from_secs(1);
+    c.postgres.reconnect_max_delay = Duration::from_millis(500);
     c.rules.path = rules.to_path_buf();
     c.redis = redis
         .iter()
@@ -66,8 +66,8 @@ fn config(pg: &PgInstance, rules: &Path, redis: &[&RedisInstance], listen: &str)
         })
         .collect();
     c.http.listen = listen.to_string();
-    c.apply.retry_max_delay = "200ms".into();
-    c.shutdown_timeout = "5s".into();
+    c.apply.retry_max_delay = Duration::from_millis(200);
+    c.shutdown_timeout = Duration::from_secs(5);
     c
 }
 

@@ -85,10 +85,7 @@ pub async fn run(
     }
     let rules = Arc::new(loaded.rules);
     config.check_rules(&rules)?;
-    let connect = ConnectOptions::parse(&cfg.postgres.url).map_err(|e| ConfigError::Invalid {
-        field: "postgres.url".into(),
-        message: e.to_string(),
-    })?;
+    let connect = config.connect.clone();
     startup::check_schema(&connect, &rules, &config).await?;
 
     let progress = Arc::new(Progress::default());
@@ -98,14 +95,14 @@ pub async fn run(
     let stats_task = tokio::spawn(slot_stats::poll(
         connect.clone(),
         cfg.postgres.slot.clone(),
-        config.slot_stats_interval,
+        cfg.postgres.slot_stats_interval,
         metrics.clone(),
     ));
-    let stop = Stop::watch(shutdown, config.shutdown_timeout);
+    let stop = Stop::watch(shutdown, cfg.shutdown_timeout);
     let context = ApplierContext {
         progress: progress.clone(),
         metrics: metrics.clone(),
-        retry_max_delay: config.retry_max_delay,
+        retry_max_delay: cfg.apply.retry_max_delay,
         give_up: stop.give_up.clone(),
         redeleter: (!targets.redelete.is_empty()).then(|| redelete::Redeleter::start(targets.redelete)),
     };
@@ -137,16 +134,16 @@ fn stream_config(config: &Validated, connect: &ConnectOptions) -> StreamConfig {
     let cfg = &config.config;
     let mut s = StreamConfig::new(connect.clone(), &cfg.postgres.slot, &cfg.postgres.publication);
     s.create_slot = cfg.postgres.create_slot;
-    s.status_interval = config.status_interval;
-    s.backoff_max = config.reconnect_max_delay;
+    s.status_interval = cfg.postgres.status_interval;
+    s.backoff_max = cfg.postgres.reconnect_max_delay;
     s.channel_batches = cfg.apply.buffer_batches.max(1);
     s
 }
 
 fn engine_options(config: &Validated) -> EngineOptions {
     EngineOptions {
-        tag_prefix: config.config.rules.tag_prefix.clone(),
-        max_keys_per_transaction: config.config.rules.max_keys_per_transaction,
+        tag_prefix: config.rules.tag_prefix.clone(),
+        max_keys_per_transaction: config.rules.max_keys_per_transaction,
     }
 }
 
@@ -234,8 +231,8 @@ impl Daemon {
             if self.stop.requested() {
                 return Ok(());
             }
-            let deadline = self.batch_started.map(|t| t + self.config.max_batch_delay);
-            let flush_due = self.batch.actions() >= self.config.config.apply.max_batch_actions;
+            let deadline = self.batch_started.map(|t| t + self.config.apply.max_batch_delay);
+            let flush_due = self.batch.actions() >= self.config.apply.max_batch_actions;
             if flush_due || deadline.is_some_and(|d| Instant::now() >= d) {
                 if !self.flush().await {
                     return Ok(());
@@ -297,7 +294,7 @@ impl Daemon {
     async fn on_failed(&mut self, e: StreamError) -> Result<(), DaemonError> {
         let gap =
             matches!(e, StreamError::SlotLost(_)) || (self.streamed_once && matches!(e, StreamError::SlotMissing(_)));
-        if !gap || self.config.config.apply.on_gap != OnGap::BumpEpoch {
+        if !gap || self.config.apply.on_gap != OnGap::BumpEpoch {
             return Err(DaemonError::Stream(e));
         }
         self.planner.push(&Event::Rollback);
@@ -310,10 +307,10 @@ impl Daemon {
         let mut sinks = applier.finish().await?;
         let recovered = gap::recover(
             &self.connect,
-            &self.config.config.postgres.slot,
+            &self.config.postgres.slot,
             &mut sinks,
             &self.context.metrics,
-            self.config.retry_max_delay,
+            self.config.apply.retry_max_delay,
             &|| self.stop.requested(),
         )
         .await;

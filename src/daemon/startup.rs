@@ -16,7 +16,7 @@ pub async fn check_schema(connect: &ConnectOptions, rules: &RuleSet, config: &Va
     let mut conn = ReplicationConnection::connect(connect)
         .await
         .map_err(|e| DaemonError::Stream(StreamError::Conn(e)))?;
-    let schema = crate::check::read_schema_with(&mut conn, rules, Some(&config.config.postgres.publication)).await?;
+    let schema = crate::check::read_schema_with(&mut conn, rules, Some(&config.postgres.publication)).await?;
     let keep = conn.simple_query("SHOW max_slot_wal_keep_size").await;
     conn.close().await;
     if let Ok(keep) = keep {
@@ -36,7 +36,7 @@ pub async fn check_schema(connect: &ConnectOptions, rules: &RuleSet, config: &Va
     if errors.is_empty() {
         return Ok(());
     }
-    if !config.config.rules.allow_unrenderable {
+    if !config.rules.allow_unrenderable {
         return Err(DaemonError::Startup(errors.join("\n")));
     }
     for e in &errors {

@@ -6,6 +6,7 @@
 //! relation cache (built from Relation messages, replaced when one arrives again after an
 //! ALTER TABLE) and turns messages into [`Event`]s.
 
+use crate::bytes::Cursor;
 use crate::model::{
     Change, Column, CommitInfo, Datum, Event, Lsn, Op, Relation, ReplicaIdentity, RowChange, Timestamp, Truncate,
 };
@@ -50,46 +51,11 @@ impl From<crate::bytes::Truncated> for DecodeError {
     }
 }
 
-/// Reads pgoutput fields; truncation becomes [`DecodeError::Truncated`].
-struct Cursor<'a> {
-    inner: crate::bytes::Cursor<'a>,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(buf: &'a [u8]) -> Cursor<'a> {
-        Cursor {
-            inner: crate::bytes::Cursor::new(buf),
-        }
-    }
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        Ok(self.inner.take(n, what)?)
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.inner.u8(what)?)
-    }
-    fn i16(&mut self, what: &'static str) -> Result<i16, DecodeError> {
-        Ok(self.inner.i16(what)?)
-    }
-    fn i32(&mut self, what: &'static str) -> Result<i32, DecodeError> {
-        Ok(self.inner.i32(what)?)
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        Ok(self.inner.u32(what)?)
-    }
-    fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
-        Ok(self.inner.i64(what)?)
-    }
-    fn lsn(&mut self, what: &'static str) -> Result<Lsn, DecodeError> {
-        Ok(self.inner.lsn(what)?)
-    }
-    fn cstr(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
-        Ok(self.inner.cstr(what)?)
-    }
-    fn finish(&self) -> Result<(), DecodeError> {
-        match self.inner.remaining() {
-            0 => Ok(()),
-            n => Err(DecodeError::Trailing(n)),
-        }
+/// Fails when a message has bytes left after its last field.
+fn finish(c: &Cursor<'_>) -> Result<(), DecodeError> {
+    match c.remaining() {
+        0 => Ok(()),
+        n => Err(DecodeError::Trailing(n)),
     }
 }
 
@@ -182,7 +148,7 @@ fn tuple<'a>(c: &mut Cursor<'a>) -> Result<Vec<TupleValue<'a>>, DecodeError> {
         return Err(DecodeError::NegativeLength(i32::from(n)));
     }
     // Bound the allocation by what the input can possibly hold (1 byte per column).
-    let mut values = Vec::with_capacity((n as usize).min(c.inner.remaining()));
+    let mut values = Vec::with_capacity((n as usize).min(c.remaining()));
     for _ in 0..n {
         let value = match c.u8("tuple column kind")? {
             b'n' => TupleValue::Null,
@@ -247,7 +213,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
             if n < 0 {
                 return Err(DecodeError::NegativeLength(i32::from(n)));
             }
-            let mut columns = Vec::with_capacity((n as usize).min(c.inner.remaining()));
+            let mut columns = Vec::with_capacity((n as usize).min(c.remaining()));
             for _ in 0..n {
                 let flags = c.u8("column flags")?;
                 columns.push(RelationColumn {
@@ -323,7 +289,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
                 return Err(DecodeError::NegativeLength(n));
             }
             let options = c.u8("Truncate options")?;
-            let mut relations = Vec::with_capacity((n as usize).min(c.inner.remaining() / 4));
+            let mut relations = Vec::with_capacity((n as usize).min(c.remaining() / 4));
             for _ in 0..n {
                 relations.push(c.u32("Truncate relation OID")?);
             }
@@ -350,7 +316,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
         }
         other => return Err(DecodeError::UnknownMessage(other as char)),
     };
-    c.finish()?;
+    finish(&c)?;
     Ok(message)
 }
 
