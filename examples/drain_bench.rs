@@ -45,6 +45,7 @@ async fn drain_walbust(url: &str, slot: &str, end: Lsn) -> (Duration, u64) {
             }
             Some(StreamItem::Reconnected { error }) => panic!("reconnected during benchmark: {error}"),
             Some(StreamItem::Failed(e)) => panic!("stream failed: {e}"),
+            Some(other) => panic!("raw-mode item from an events stream: {other:?}"),
             None => panic!("stream ended"),
         }
     }

@@ -52,6 +52,7 @@ async fn collect(stream: &mut Stream, events: &mut Vec<Event>, reconnects: &mut 
                 }
             }
             Some(StreamItem::Failed(e)) => panic!("stream failed: {e}"),
+            Some(other) => panic!("raw-mode item from an events stream: {other:?}"),
             None => panic!("stream ended"),
         }
     }

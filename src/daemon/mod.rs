@@ -63,6 +63,8 @@ pub enum DaemonError {
     EpochNotBumped(SinkError),
     #[error(transparent)]
     Applier(#[from] ApplierFailed),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// What the daemon did, for tests and the shutdown log line.
@@ -245,6 +247,9 @@ impl Daemon {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
                 item = self.stream.recv() => match item {
                     Some(StreamItem::Events(events)) => self.on_events(&events),
+                    Some(StreamItem::Messages(_)) | Some(StreamItem::Idle { .. }) => {
+                        return Err(DaemonError::Internal("the stream sent raw messages; the daemon asks for events"))
+                    }
                     Some(StreamItem::Reconnected { error }) => {
                         tracing::warn!(error = %error, "replication reconnected; replaying from the last acknowledged position");
                         // A partial transaction will be sent again in full.

@@ -2,14 +2,16 @@
 //! slot is untouched) or the pending backlog of an existing slot (`--peek`, without consuming
 //! it) into walbust's capture format.
 
-use crate::decode::frames::{parse_server_frame, pg_now_micros, standby_status_update, ServerFrame};
+use crate::decode::frames::pg_now_micros;
 use crate::decode::pgoutput::{parse_message, Message};
 use crate::model::{Lsn, Timestamp};
 use crate::sample::capture::{CaptureWriter, Header};
 use crate::source::conn::{ConnError, ConnectOptions, ReplicationConnection};
-use crate::source::slot::{create_slot, quote_ident, quote_literal, slot_info};
+use crate::source::slot::{quote_ident, quote_literal, slot_info};
+use crate::source::stream::{Progress, RawMessage, Stream, StreamConfig, StreamError, StreamItem};
 use std::future::Future;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// When to stop a live recording; all at a transaction boundary. None set: until interrupted.
@@ -51,12 +53,16 @@ pub enum RecordError {
     WrongPlugin { slot: String, plugin: String },
     #[error("the server sent something walbust cannot decode: {0}")]
     Decode(String),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("internal error: the recording stream sent {0}")]
+    Unexpected(String),
 }
 
-fn header(conn: &ReplicationConnection, options: &RecordOptions, source: String, start: Option<Lsn>) -> Header {
+fn header(server_version: Option<String>, options: &RecordOptions, source: String, start: Option<Lsn>) -> Header {
     Header {
         created: Timestamp((pg_now_micros() + 946_684_800_000_000).max(0)).to_string(),
-        server_version: conn.parameters.get("server_version").cloned(),
+        server_version,
         database: options.connect.config.get_dbname().map(str::to_string),
         publication: Some(options.publication.clone()),
         source: Some(source),
@@ -65,6 +71,7 @@ fn header(conn: &ReplicationConnection, options: &RecordOptions, source: String,
     }
 }
 
+#[derive(Default)]
 struct Counter {
     summary: RecordSummary,
     in_transaction: bool,
@@ -149,12 +156,14 @@ async fn peek<W: Write>(
         .await?;
     let mut writer = CaptureWriter::new(
         out,
-        &header(&conn, options, format!("peek:{slot}"), info.confirmed_flush_lsn),
+        &header(
+            conn.parameters.get("server_version").cloned(),
+            options,
+            format!("peek:{slot}"),
+            info.confirmed_flush_lsn,
+        ),
     )?;
-    let mut counter = Counter {
-        summary: RecordSummary::default(),
-        in_transaction: false,
-    };
+    let mut counter = Counter::default();
     for row in &result.rows {
         let lsn = row
             .first()
@@ -191,85 +200,145 @@ pub fn decode_bytea_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Status updates while recording (the temporary slot needs no more).
+const RECORD_STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A live recording: the daemon's [`Stream`] from a temporary slot, in raw mode, written
+/// message by message; each committed transaction written is acknowledged like an applied one.
 async fn live<W: Write>(
-    mut conn: ReplicationConnection,
+    conn: ReplicationConnection,
     options: &RecordOptions,
     out: W,
     interrupt: impl Future<Output = ()>,
 ) -> Result<RecordSummary, RecordError> {
     let slot = format!("walbust_record_{}_{}", std::process::id(), pg_now_micros() % 1_000_000);
-    let start = create_slot(&mut conn, &slot, true).await?;
-    conn.start_copy_both(&format!(
-        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
-        quote_ident(&slot),
-        quote_literal(&quote_ident(&options.publication))
-    ))
-    .await?;
-    let mut writer = CaptureWriter::new(out, &header(&conn, options, "live".into(), Some(start)))?;
-    let mut counter = Counter {
-        summary: RecordSummary::default(),
-        in_transaction: false,
+    let server_version = conn.parameters.get("server_version").cloned();
+    conn.close().await;
+    let mut config = StreamConfig::new(options.connect.clone(), &slot, &options.publication);
+    config.temporary_slot = true;
+    config.raw_messages = true;
+    config.status_interval = RECORD_STATUS_INTERVAL;
+    let progress = Arc::new(Progress::default());
+    let mut stream = Stream::start_with(config, progress.clone());
+    let mut recording = Recording {
+        options,
+        out: Some(out),
+        writer: None,
+        server_version,
+        counter: Counter::default(),
+        deadline: options.stop.duration.map(|d| Instant::now() + d),
+        interrupted: false,
     };
-    let started = Instant::now();
-    let deadline = options.stop.duration.map(|d| started + d);
-    let mut interrupted = false;
-    let mut acked = start;
-    tokio::pin!(interrupt);
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        let done = |c: &Counter, interrupted: bool, wal_end: Option<Lsn>| {
-            if c.in_transaction {
-                return false;
-            }
-            interrupted
-                || options.stop.max_changes.is_some_and(|m| c.summary.changes >= m)
-                || deadline.is_some_and(|d| Instant::now() >= d)
-                || options.stop.until_lsn.is_some_and(|u| {
-                    c.summary.last_commit_end.is_some_and(|e| e >= u) || wal_end.is_some_and(|w| w >= u)
-                })
-        };
-        if done(&counter, interrupted, None) {
-            break;
-        }
-        let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            _ = &mut interrupt, if !interrupted => interrupted = true,
-            _ = tokio::time::sleep_until(sleep_until.into()) => {}
-            _ = ticker.tick() => {
-                conn.send_copy_data(&standby_status_update(acked, pg_now_micros(), false)).await?;
-            }
-            data = conn.recv_copy_data() => {
-                let Some(data) = data? else { break };
-                match parse_server_frame(&data).map_err(|e| RecordError::Decode(e.to_string()))? {
-                    ServerFrame::XLogData { start, data, .. } => {
-                        counter.see(data)?;
-                        writer.message(start, data)?;
-                        if !counter.in_transaction {
-                            if let Some(end) = counter.summary.last_commit_end {
-                                acked = acked.max(end);
+    let result = recording.follow(&mut stream, &progress, interrupt).await;
+    // The temporary slot is dropped by the server when the stream's connection closes.
+    stream.shutdown().await;
+    result?;
+    recording.finish(&progress)
+}
+
+struct Recording<'a, W: Write> {
+    options: &'a RecordOptions,
+    /// Until the first message: the header names the temporary slot's start, known only once
+    /// the stream created it.
+    out: Option<W>,
+    writer: Option<CaptureWriter<W>>,
+    server_version: Option<String>,
+    counter: Counter,
+    deadline: Option<Instant>,
+    interrupted: bool,
+}
+
+impl<W: Write> Recording<'_, W> {
+    async fn follow(
+        &mut self,
+        stream: &mut Stream,
+        progress: &Progress,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<(), RecordError> {
+        tokio::pin!(interrupt);
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        while !self.done(None) {
+            tokio::select! {
+                _ = &mut interrupt, if !self.interrupted => self.interrupted = true,
+                _ = ticker.tick() => {}
+                item = stream.recv() => match item {
+                    Some(StreamItem::Messages(messages)) => {
+                        for message in messages {
+                            self.write(&message, progress)?;
+                            if self.done(None) {
+                                return Ok(());
                             }
                         }
                     }
-                    ServerFrame::Keepalive { wal_end, reply_requested, .. } => {
-                        if !counter.in_transaction {
-                            acked = acked.max(wal_end);
-                        }
-                        if reply_requested {
-                            conn.send_copy_data(&standby_status_update(acked, pg_now_micros(), false)).await?;
-                        }
-                        if done(&counter, interrupted, Some(wal_end)) {
-                            break;
+                    Some(StreamItem::Idle { wal_end }) => {
+                        if self.done(Some(wal_end)) {
+                            return Ok(());
                         }
                     }
+                    Some(StreamItem::Failed(e)) => return Err(RecordError::Stream(e)),
+                    // A temporary slot's stream ends instead of reconnecting, and raw mode sends
+                    // no events.
+                    Some(other) => return Err(RecordError::Unexpected(format!("{other:?}"))),
+                    None => return Ok(()),
                 }
             }
         }
+        Ok(())
     }
-    counter.summary.records = writer.records();
-    writer.finish()?;
-    // The temporary slot is dropped by the server when this connection closes.
-    conn.close().await;
-    Ok(counter.summary)
+
+    /// Whether to stop here: only at a transaction boundary.
+    fn done(&self, idle_wal_end: Option<Lsn>) -> bool {
+        let c = &self.counter;
+        if c.in_transaction {
+            return false;
+        }
+        let stop = &self.options.stop;
+        self.interrupted
+            || stop.max_changes.is_some_and(|m| c.summary.changes >= m)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+            || stop.until_lsn.is_some_and(|u| {
+                c.summary.last_commit_end.is_some_and(|e| e >= u) || idle_wal_end.is_some_and(|w| w >= u)
+            })
+    }
+
+    fn header(&self, progress: &Progress) -> Header {
+        header(
+            self.server_version.clone(),
+            self.options,
+            "live".into(),
+            progress.temporary_slot_start(),
+        )
+    }
+
+    fn write(&mut self, message: &RawMessage, progress: &Progress) -> Result<(), RecordError> {
+        if self.writer.is_none() {
+            if let Some(out) = self.out.take() {
+                self.writer = Some(CaptureWriter::new(out, &self.header(progress))?);
+            }
+        }
+        self.counter.see(&message.data)?;
+        if let Some(writer) = &mut self.writer {
+            writer.message(message.lsn, &message.data)?;
+        }
+        if !self.counter.in_transaction {
+            if let Some(end) = self.counter.summary.last_commit_end {
+                progress.mark_applied(end);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, progress: &Progress) -> Result<RecordSummary, RecordError> {
+        let header = self.header(progress);
+        let writer = match (self.writer.take(), self.out.take()) {
+            (Some(writer), _) => writer,
+            (None, Some(out)) => CaptureWriter::new(out, &header)?,
+            (None, None) => return Ok(self.counter.summary),
+        };
+        self.counter.summary.records = writer.records();
+        writer.finish()?;
+        Ok(self.counter.summary)
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,12 @@ pub struct StreamConfig {
     pub channel_batches: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Stream from a temporary slot named `slot`, created on the streaming connection (it ends
+    /// with the connection: a lost connection ends the stream instead of reconnecting).
+    pub temporary_slot: bool,
+    /// Hand the consumer the raw pgoutput messages ([`StreamItem::Messages`], for captures)
+    /// instead of decoded events.
+    pub raw_messages: bool,
 }
 
 impl StreamConfig {
@@ -69,6 +75,8 @@ impl StreamConfig {
             channel_batches: 16,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            temporary_slot: false,
+            raw_messages: false,
         }
     }
 }
@@ -78,11 +86,24 @@ impl StreamConfig {
 pub enum StreamItem {
     /// Decoded events, in order.
     Events(Vec<Event>),
+    /// Raw pgoutput messages, in order (with [`StreamConfig::raw_messages`]).
+    Messages(Vec<RawMessage>),
+    /// With [`StreamConfig::raw_messages`]: the server has nothing more up to `wal_end` (a
+    /// keepalive), and every message before it was delivered ahead of this item.
+    Idle { wal_end: Lsn },
     /// The connection was lost and re-established: discard any partial transaction; everything
     /// after the last acknowledged position is sent again.
     Reconnected { error: String },
     /// The stream stopped for good.
     Failed(StreamError),
+}
+
+/// One pgoutput message as the walsender sent it.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// The XLogData start position.
+    pub lsn: Lsn,
+    pub data: Vec<u8>,
 }
 
 /// The replication position: the one place that holds how far every sink has applied. The
@@ -98,6 +119,8 @@ pub struct Progress {
     /// The server's WAL end as last seen (keepalive or XLogData).
     server_wal_end: AtomicU64,
     connected: std::sync::atomic::AtomicBool,
+    /// Where a temporary slot this stream created started (0: none created).
+    temporary_slot_start: AtomicU64,
 }
 
 impl Progress {
@@ -116,6 +139,10 @@ impl Progress {
     }
     pub fn server_wal_end(&self) -> Lsn {
         Lsn(self.server_wal_end.load(Ordering::Acquire))
+    }
+    /// Where the temporary slot started, once the stream created it.
+    pub fn temporary_slot_start(&self) -> Option<Lsn> {
+        Some(Lsn(self.temporary_slot_start.load(Ordering::Acquire))).filter(|l| l.0 > 0)
     }
     /// True while streaming (after START_REPLICATION succeeded, until the connection ends).
     pub fn connected(&self) -> bool {
@@ -191,7 +218,8 @@ async fn run(
         progress.connected.store(false, Ordering::Release);
         match result {
             Ok(()) => return,
-            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+            // A temporary slot died with its connection: nothing to reconnect to.
+            Err(e) if e.is_transient() && !*shutdown.borrow() && !(config.temporary_slot && session.started) => {
                 tracing::warn!(error = %e, "replication connection lost; reconnecting");
                 progress.reconnects.fetch_add(1, Ordering::Relaxed);
                 if session.started && tx.send(StreamItem::Reconnected { error: e.to_string() }).await.is_err() {
@@ -269,9 +297,16 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> Result<(), StreamError> {
+    /// Connects, checks, and starts streaming from the slot.
+    async fn start(&mut self) -> Result<ReplicationConnection, StreamError> {
         let mut conn = ReplicationConnection::connect(&self.config.connect).await?;
-        preflight(&mut conn, self.config, self.may_create_slot).await?;
+        if self.config.temporary_slot {
+            check_server(&mut conn, self.config).await?;
+            let start = create_slot(&mut conn, &self.config.slot, true).await?;
+            self.progress.temporary_slot_start.store(start.0, Ordering::Release);
+        } else {
+            preflight(&mut conn, self.config, self.may_create_slot).await?;
+        }
         let command = format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
             quote_ident(&self.config.slot),
@@ -282,9 +317,14 @@ impl<'a> Session<'a> {
             .map_err(|e| classify(e, self.config))?;
         self.started = true;
         self.progress.connected.store(true, Ordering::Release);
-        backoff.reset();
         tracing::info!(slot = %self.config.slot, publication = %self.config.publication, target = conn.target(), "replication started");
-        let mut batch: Vec<Event> = Vec::with_capacity(self.config.batch_events);
+        Ok(conn)
+    }
+
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> Result<(), StreamError> {
+        let mut conn = self.start().await?;
+        backoff.reset();
+        let mut pending = Pending::new(self.config.batch_events);
         let mut status_timer = tokio::time::interval(self.config.status_interval);
         status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Report newly applied positions promptly (at most every 100 ms), so the slot releases
@@ -292,9 +332,11 @@ impl<'a> Session<'a> {
         let mut ack_timer = tokio::time::interval(Duration::from_millis(100));
         ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if !batch.is_empty() && (batch.len() >= self.config.batch_events || !conn.has_buffered_message()) {
-                let events = std::mem::replace(&mut batch, Vec::with_capacity(self.config.batch_events));
-                self.deliver(&mut conn, events, shutdown, &mut status_timer).await?;
+            if !pending.is_empty() && (pending.len() >= self.config.batch_events || !conn.has_buffered_message()) {
+                let items = pending.take(self.config.raw_messages);
+                for item in items {
+                    self.deliver(&mut conn, item, shutdown, &mut status_timer).await?;
+                }
                 if *shutdown.borrow() {
                     return self.finish(conn).await;
                 }
@@ -314,39 +356,77 @@ impl<'a> Session<'a> {
                     let Some(data) = data.map_err(|e| classify(e, self.config))? else {
                         return Err(StreamError::Ended);
                     };
-                    match parse_server_frame(&data).map_err(|source| StreamError::Decode { lsn: self.server_wal_end, source })? {
-                        ServerFrame::XLogData { start, wal_end, data, .. } => {
-                            self.server_wal_end = self.server_wal_end.max(wal_end);
-                            self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
-                            let event = self
-                                .decoder
-                                .decode(data)
-                                .map_err(|source| StreamError::Decode { lsn: start, source })?;
-                            if let Some(event) = event {
-                                match &event {
-                                    Event::Begin { .. } => self.in_transaction = true,
-                                    Event::Commit(info) => {
-                                        self.in_transaction = false;
-                                        if let Some(end) = info.end_lsn {
-                                            self.forwarded_end = self.forwarded_end.max(end);
-                                        }
-                                    }
-                                    _ => {}
-                                }
-                                batch.push(event);
-                            }
-                        }
-                        ServerFrame::Keepalive { wal_end, reply_requested, .. } => {
-                            self.server_wal_end = self.server_wal_end.max(wal_end);
-                            self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
-                            let idle_advance = self.ack_position() > self.reported;
-                            if reply_requested || idle_advance || self.last_status.elapsed() >= self.config.status_interval {
-                                self.send_status(&mut conn, false).await?;
-                            }
-                        }
-                    }
+                    self.on_frame(&mut conn, &data, &mut pending).await?;
                 }
             }
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        data: &[u8],
+        pending: &mut Pending,
+    ) -> Result<(), StreamError> {
+        let frame = parse_server_frame(data).map_err(|source| StreamError::Decode {
+            lsn: self.server_wal_end,
+            source,
+        })?;
+        match frame {
+            ServerFrame::XLogData {
+                start, wal_end, data, ..
+            } => {
+                self.saw_wal_end(wal_end);
+                let event = self
+                    .decoder
+                    .decode(data)
+                    .map_err(|source| StreamError::Decode { lsn: start, source })?;
+                if let Some(event) = &event {
+                    self.track(event);
+                }
+                if self.config.raw_messages {
+                    pending.raw.push(RawMessage {
+                        lsn: start,
+                        data: data.to_vec(),
+                    });
+                } else if let Some(event) = event {
+                    pending.events.push(event);
+                }
+            }
+            ServerFrame::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.saw_wal_end(wal_end);
+                if self.config.raw_messages {
+                    pending.idle = Some(wal_end);
+                }
+                let idle_advance = self.ack_position() > self.reported;
+                if reply_requested || idle_advance || self.last_status.elapsed() >= self.config.status_interval {
+                    self.send_status(conn, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn saw_wal_end(&mut self, wal_end: Lsn) {
+        self.server_wal_end = self.server_wal_end.max(wal_end);
+        self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
+    }
+
+    /// Transaction boundaries, for the acknowledgement decision.
+    fn track(&mut self, event: &Event) {
+        match event {
+            Event::Begin { .. } => self.in_transaction = true,
+            Event::Commit(info) => {
+                self.in_transaction = false;
+                if let Some(end) = info.end_lsn {
+                    self.forwarded_end = self.forwarded_end.max(end);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -355,18 +435,20 @@ impl<'a> Session<'a> {
     async fn deliver(
         &mut self,
         conn: &mut ReplicationConnection,
-        events: Vec<Event>,
+        item: StreamItem,
         shutdown: &mut watch::Receiver<bool>,
         status_timer: &mut tokio::time::Interval,
     ) -> Result<(), StreamError> {
-        let mut events = Some(events);
+        let mut item = Some(item);
         loop {
             tokio::select! {
                 biased;
                 permit = self.tx.reserve() => {
                     match permit {
                         Ok(permit) => {
-                            permit.send(StreamItem::Events(events.take().unwrap_or_default()));
+                            if let Some(item) = item.take() {
+                                permit.send(item);
+                            }
                             return Ok(());
                         }
                         Err(_) => {
@@ -385,6 +467,53 @@ impl<'a> Session<'a> {
         let _ = self.send_status(&mut conn, false).await;
         conn.close().await;
         Ok(())
+    }
+}
+
+/// What was read and not yet handed to the consumer.
+struct Pending {
+    events: Vec<Event>,
+    raw: Vec<RawMessage>,
+    /// A keepalive's WAL end, delivered after the messages before it (raw mode).
+    idle: Option<Lsn>,
+    capacity: usize,
+}
+
+impl Pending {
+    fn new(capacity: usize) -> Pending {
+        Pending {
+            events: Vec::with_capacity(capacity),
+            raw: Vec::new(),
+            idle: None,
+            capacity,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len() + self.raw.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0 && self.idle.is_none()
+    }
+
+    /// What to hand over, in order.
+    fn take(&mut self, raw: bool) -> Vec<StreamItem> {
+        let mut items = Vec::with_capacity(2);
+        if raw {
+            if !self.raw.is_empty() {
+                items.push(StreamItem::Messages(std::mem::take(&mut self.raw)));
+            }
+            if let Some(wal_end) = self.idle.take() {
+                items.push(StreamItem::Idle { wal_end });
+            }
+        } else {
+            items.push(StreamItem::Events(std::mem::replace(
+                &mut self.events,
+                Vec::with_capacity(self.capacity),
+            )));
+        }
+        items
     }
 }
 
@@ -424,12 +553,8 @@ fn classify(e: ConnError, config: &StreamConfig) -> StreamError {
     StreamError::Conn(e)
 }
 
-/// Checks the server and slot before streaming; creates publication and slot when asked.
-async fn preflight(
-    conn: &mut ReplicationConnection,
-    config: &StreamConfig,
-    may_create_slot: bool,
-) -> Result<(), StreamError> {
+/// Checks the server before streaming: logical WAL, and the publication exists.
+async fn check_server(conn: &mut ReplicationConnection, config: &StreamConfig) -> Result<(), StreamError> {
     let wal_level = conn.simple_query("SHOW wal_level").await?;
     let level = wal_level.first("wal_level").unwrap_or("").to_string();
     if level != "logical" {
@@ -444,6 +569,16 @@ async fn preflight(
     if publication.rows.is_empty() {
         return Err(StreamError::PublicationMissing(config.publication.clone()));
     }
+    Ok(())
+}
+
+/// Checks the server and slot before streaming; creates the slot when asked.
+async fn preflight(
+    conn: &mut ReplicationConnection,
+    config: &StreamConfig,
+    may_create_slot: bool,
+) -> Result<(), StreamError> {
+    check_server(conn, config).await?;
     let slot = slot_info(conn, &config.slot).await?;
     let slot = match slot {
         Some(s) => s,
