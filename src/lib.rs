@@ -30,10 +30,3 @@ pub mod source;
 
 pub use walbust_client as client;
 pub use walbust_core::{bytes, catalog, decode, model, plan, rules, sample};
-
-/// `walbust check`: static notes and the schema comparison (pure, in the core) and reading the
-/// schema facts from a database (the source).
-pub mod check {
-    pub use crate::source::schema::{read_schema, read_schema_with, CheckDbError};
-    pub use walbust_core::rules::check::*;
-}

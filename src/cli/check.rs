@@ -32,15 +32,15 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     let mut diagnostics = loaded.warnings.clone();
-    diagnostics.extend(crate::check::static_notes(&loaded.rules));
+    diagnostics.extend(crate::rules::check::static_notes(&loaded.rules));
     if let Some(db) = &args.db {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let schema = runtime.block_on(crate::check::read_schema(
+        let schema = runtime.block_on(crate::source::schema::read_schema(
             db,
             &loaded.rules,
             args.publication.as_deref(),
         ))?;
-        diagnostics.extend(crate::check::check_against_schema(&loaded.rules, &schema));
+        diagnostics.extend(crate::rules::check::check_against_schema(&loaded.rules, &schema));
         if let Some(publication) = &schema.publication {
             if publication.exists {
                 let tables: Vec<String> = publication.tables.iter().map(|t| t.to_string()).collect();

@@ -125,7 +125,7 @@ async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics) {
 /// Counts the sinks' fresh epochs (see `RedisTarget::with_epoch_key`) in the metrics.
 fn record_epoch_resets(sinks: &mut [BoxSink], metrics: &Metrics) {
     let resets: u64 = sinks.iter_mut().map(|s| s.take_epoch_resets()).sum();
-    metrics.epoch_resets.fetch_add(resets, Ordering::Relaxed);
+    metrics.epoch_resets(resets);
 }
 
 /// Applies a batch to every sink, retrying each failed sink with backoff until it applies.
@@ -143,7 +143,6 @@ async fn apply_everywhere(sinks: &mut [BoxSink], batch: &Batch, context: &Applie
                 }
                 Err(e) => {
                     metrics.redis_error(sink.name());
-                    metrics.redis_ok.store(false, Ordering::Relaxed);
                     tracing::warn!(target = %sink.name(), error = %e, "apply failed; retrying");
                 }
             }
@@ -151,7 +150,7 @@ async fn apply_everywhere(sinks: &mut [BoxSink], batch: &Batch, context: &Applie
             metrics.round_trips(sink.name(), round_trips);
         }
         if done.iter().all(|d| *d) {
-            metrics.redis_ok.store(true, Ordering::Relaxed);
+            metrics.redis_reached();
             return true;
         }
         if context.give_up.due() {

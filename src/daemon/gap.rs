@@ -9,7 +9,6 @@ use crate::retry::Backoff;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::slot::{create_slot, quote_literal};
 use crate::source::stream::StreamError;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Drops and recreates the slot, then bumps the epoch on every sink (retrying until each has,
@@ -44,7 +43,7 @@ pub async fn recover(
             }
         }
     }
-    metrics.epoch_bumps.fetch_add(1, Ordering::Relaxed);
+    metrics.epoch_bump();
     Ok(())
 }
 

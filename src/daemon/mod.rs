@@ -54,7 +54,7 @@ pub enum DaemonError {
     #[error("startup check failed:\n{0}\nfix the rules or the schema, or set rules.allow_unrenderable = true to start anyway")]
     Startup(String),
     #[error("startup check: {0}")]
-    Schema(#[from] crate::check::CheckDbError),
+    Schema(#[from] crate::source::schema::CheckDbError),
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error("cannot listen for HTTP on {0}: {1}")]
@@ -280,7 +280,7 @@ impl Daemon {
                 count_change(&mut self.change_counts, change);
             }
             if let Some(txn) = self.planner.push(event) {
-                self.context.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                self.context.metrics.transaction();
                 record_notes(&txn, &self.context.metrics);
                 if self.batch.is_empty() {
                     self.batch_started = Some(Instant::now());
@@ -351,7 +351,7 @@ impl Daemon {
         self.summary.applied = (applied.0 > 0).then_some(applied);
         self.stream.shutdown().await;
         self.stop.task.abort();
-        self.summary.batches = self.context.metrics.batches.load(Ordering::Relaxed);
+        self.summary.batches = self.context.metrics.batches();
         self.summary
     }
 }

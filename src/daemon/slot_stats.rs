@@ -4,7 +4,6 @@
 use crate::metrics::Metrics;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::slot::quote_literal;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,12 +27,7 @@ pub async fn poll(connect: ConnectOptions, slot: String, every: Duration, metric
                             .and_then(|v| v.parse::<i64>().ok())
                             .map(|v| v.max(0) as u64)
                     };
-                    if let Some(v) = bytes("retained") {
-                        metrics.slot_retained_wal_bytes.store(v, Ordering::Relaxed);
-                    }
-                    if let Some(v) = bytes("lag") {
-                        metrics.slot_lag_bytes.store(v, Ordering::Relaxed);
-                    }
+                    metrics.slot_stats(bytes("retained"), bytes("lag"));
                 }
                 Err(_) => conn = None,
             }

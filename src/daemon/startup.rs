@@ -16,7 +16,7 @@ pub async fn check_schema(connect: &ConnectOptions, rules: &RuleSet, config: &Va
     let mut conn = ReplicationConnection::connect(connect)
         .await
         .map_err(|e| DaemonError::Stream(StreamError::Conn(e)))?;
-    let schema = crate::check::read_schema_with(&mut conn, rules, Some(&config.postgres.publication)).await?;
+    let schema = crate::source::schema::read_schema_with(&mut conn, rules, Some(&config.postgres.publication)).await?;
     let keep = conn.simple_query("SHOW max_slot_wal_keep_size").await;
     conn.close().await;
     if let Ok(keep) = keep {
@@ -27,7 +27,7 @@ pub async fn check_schema(connect: &ConnectOptions, rules: &RuleSet, config: &Va
         }
     }
     let mut errors = Vec::new();
-    for d in crate::check::check_against_schema(rules, &schema) {
+    for d in crate::rules::check::check_against_schema(rules, &schema) {
         match d.severity {
             Severity::Warning => tracing::warn!(finding = %d, "startup check"),
             Severity::Error => errors.push(d.to_string()),

@@ -1,126 +1,252 @@
-//! Daemon metrics in the Prometheus text format, and the small HTTP server for `/metrics`,
-//! `/healthz` and `/readyz`. Names follow `walbust_<name>_<unit>_total`; labels are bounded
-//! (tables, ops, rules, action kinds, targets — never row values).
+//! Daemon metrics, kept in a [`prometheus_client`] registry and exposed by [`http`] on
+//! `/metrics` (OpenMetrics text), beside `/healthz` and `/readyz`. Names follow
+//! `walbust_<name>_<unit>_total`; labels are bounded (tables, ops, rules, action kinds,
+//! targets — never row values). The replication position, connection state and reconnects are
+//! read from the stream's [`Progress`] at each scrape, never copied.
 
+pub mod http;
+
+pub use http::serve;
+
+use crate::plan::Batch;
 use crate::source::stream::Progress;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Upper bounds (seconds) of the commit-to-applied latency histogram.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Upper bounds of the actions-per-batch histogram.
 const BATCH_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0];
 
-#[derive(Default)]
-struct Histogram {
-    buckets: Vec<u64>,
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableOp {
+    table: String,
+    op: &'static str,
 }
 
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], value: f64) {
-        if self.buckets.len() != bounds.len() {
-            self.buckets = vec![0; bounds.len()];
-        }
-        for (i, b) in bounds.iter().enumerate() {
-            if value <= *b {
-                self.buckets[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += value;
-    }
-
-    fn render(&self, out: &mut String, name: &str, bounds: &[f64]) {
-        for (i, b) in bounds.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                self.buckets.get(i).copied().unwrap_or(0)
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-
-    /// Approximate quantile from the buckets (upper bound of the bucket holding it).
-    fn quantile(&self, bounds: &[f64], q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = (q * self.count as f64).ceil() as u64;
-        bounds
-            .iter()
-            .zip(&self.buckets)
-            .find(|(_, c)| **c >= rank)
-            .map(|(b, _)| *b)
-            .or(Some(f64::INFINITY))
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindTarget {
+    kind: &'static str,
+    target: String,
 }
 
-#[derive(Default)]
-struct Inner {
-    changes: BTreeMap<(String, &'static str), u64>,
-    actions: BTreeMap<(&'static str, String), u64>,
-    round_trips: BTreeMap<String, u64>,
-    redis_errors: BTreeMap<String, u64>,
-    fallbacks: BTreeMap<String, u64>,
-    escalations: BTreeMap<String, u64>,
-    unrenderable: BTreeMap<String, u64>,
-    latency: Histogram,
-    batch_actions: Histogram,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
 }
 
-/// All daemon metrics. The replication position, connection state and reconnects are read
-/// from the stream's [`Progress`] when rendered, never copied.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// Gauges set from [`Progress`] and the daemon's state just before each scrape.
 #[derive(Default)]
+struct Gauges {
+    applied_lsn: Gauge,
+    replication_lag_bytes: Gauge,
+    slot_retained_wal_bytes: Gauge,
+    slot_confirmed_lag_bytes: Gauge,
+    replication_connected: Gauge,
+    redis_reachable: Gauge,
+    reconnects: Counter,
+}
+
+/// All daemon metrics.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
     progress: Arc<Progress>,
-    pub transactions: AtomicU64,
-    pub batches: AtomicU64,
-    pub epoch_bumps: AtomicU64,
-    /// New connections that found a target without its epoch key (restarted empty).
-    pub epoch_resets: AtomicU64,
-    pub slot_retained_wal_bytes: AtomicU64,
-    pub slot_lag_bytes: AtomicU64,
-    pub redis_ok: AtomicBool,
+    changes: Family<TableOp, Counter>,
+    transactions: Counter,
+    actions: Family<KindTarget, Counter>,
+    round_trips: Family<TargetLabel, Counter>,
+    redis_errors: Family<TargetLabel, Counter>,
+    fallbacks: Family<RuleLabel, Counter>,
+    escalations: Family<RuleLabel, Counter>,
+    unrenderable: Family<RuleLabel, Counter>,
+    batches: Counter,
+    batch_actions: Histogram,
+    latency: Histogram,
+    epoch_bumps: Counter,
+    epoch_resets: Counter,
+    gauges: Gauges,
+    /// Whether the last apply reached every target.
+    redis_ok: AtomicBool,
+    /// One scrape at a time: the gauges are set from the live state just before encoding.
+    scrape: Mutex<()>,
 }
 
-fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
     pub fn new(progress: Arc<Progress>) -> Arc<Metrics> {
-        Arc::new(Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
             progress,
-            ..Metrics::default()
-        })
+            changes: Family::default(),
+            transactions: Counter::default(),
+            actions: Family::default(),
+            round_trips: Family::default(),
+            redis_errors: Family::default(),
+            fallbacks: Family::default(),
+            escalations: Family::default(),
+            unrenderable: Family::default(),
+            batches: Counter::default(),
+            batch_actions: Histogram::new(BATCH_BUCKETS),
+            latency: Histogram::new(LATENCY_BUCKETS),
+            epoch_bumps: Counter::default(),
+            epoch_resets: Counter::default(),
+            gauges: Gauges::default(),
+            redis_ok: AtomicBool::new(false),
+            scrape: Mutex::new(()),
+        };
+        m.register();
+        Arc::new(m)
     }
 
-    pub fn replication_connected(&self) -> bool {
-        self.progress.connected()
-    }
-
-    pub fn changes(&self, counts: &BTreeMap<(String, &'static str), u64>) {
-        let mut inner = lock(&self.inner);
-        for (k, v) in counts {
-            *inner.changes.entry(k.clone()).or_default() += v;
+    /// Names and help texts (counters get their `_total` suffix from the exposition).
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "walbust_changes",
+            "Row changes received, by table and operation",
+            self.changes.clone(),
+        );
+        r.register(
+            "walbust_transactions",
+            "Committed transactions received",
+            self.transactions.clone(),
+        );
+        r.register(
+            "walbust_actions",
+            "Actions applied, by kind and target",
+            self.actions.clone(),
+        );
+        r.register(
+            "walbust_redis_round_trips",
+            "Redis round trips, by target",
+            self.round_trips.clone(),
+        );
+        r.register(
+            "walbust_redis_errors",
+            "Failed applies (retried), by target",
+            self.redis_errors.clone(),
+        );
+        r.register(
+            "walbust_fallbacks",
+            "Changes mapped by a rule's fallback, by rule",
+            self.fallbacks.clone(),
+        );
+        r.register(
+            "walbust_escalations",
+            "Fan-out escalations to a rule's fallback, by rule",
+            self.escalations.clone(),
+        );
+        r.register(
+            "walbust_unrenderable",
+            "Changes a rule could not map and had no fallback for, by rule",
+            self.unrenderable.clone(),
+        );
+        r.register("walbust_batches", "Batches applied", self.batches.clone());
+        r.register(
+            "walbust_batch_actions",
+            "Actions per applied batch",
+            self.batch_actions.clone(),
+        );
+        r.register(
+            "walbust_commit_to_applied_seconds",
+            "From COMMIT (commit time) to every target's acknowledgement",
+            self.latency.clone(),
+        );
+        r.register(
+            "walbust_reconnects",
+            "Replication reconnects",
+            self.gauges.reconnects.clone(),
+        );
+        r.register(
+            "walbust_epoch_bumps",
+            "Global epoch bumps after a gap in the slot's history",
+            self.epoch_bumps.clone(),
+        );
+        r.register(
+            "walbust_redis_epoch_resets",
+            "Redis connections that found the epoch key missing (target new or restarted empty) and set a fresh epoch",
+            self.epoch_resets.clone(),
+        );
+        let g = &self.gauges;
+        for (name, help, gauge) in [
+            (
+                "walbust_applied_lsn",
+                "Highest position applied by every target (acknowledged to PostgreSQL)",
+                &g.applied_lsn,
+            ),
+            (
+                "walbust_replication_lag_bytes",
+                "Server WAL end minus the applied position",
+                &g.replication_lag_bytes,
+            ),
+            (
+                "walbust_slot_retained_wal_bytes",
+                "WAL the slot retains (current WAL LSN minus restart_lsn), polled",
+                &g.slot_retained_wal_bytes,
+            ),
+            (
+                "walbust_slot_confirmed_lag_bytes",
+                "Current WAL LSN minus the slot's confirmed_flush_lsn, polled",
+                &g.slot_confirmed_lag_bytes,
+            ),
+            (
+                "walbust_replication_connected",
+                "1 while the replication stream is connected",
+                &g.replication_connected,
+            ),
+            (
+                "walbust_redis_reachable",
+                "1 when the last apply reached every target",
+                &g.redis_reachable,
+            ),
+        ] {
+            r.register(name, help, gauge.clone());
         }
     }
 
+    pub fn changes(&self, counts: &BTreeMap<(String, &'static str), u64>) {
+        for ((table, op), n) in counts {
+            self.changes
+                .get_or_create(&TableOp {
+                    table: table.clone(),
+                    op,
+                })
+                .inc_by(*n);
+        }
+    }
+
+    pub fn transaction(&self) {
+        self.transactions.inc();
+    }
+
     pub fn actions(&self, kind: &'static str, target: &str, n: u64) {
-        *lock(&self.inner).actions.entry((kind, target.to_string())).or_default() += n;
+        self.actions
+            .get_or_create(&KindTarget {
+                kind,
+                target: target.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// A sink applied `batch`: its actions, by kind.
-    pub fn applied(&self, target: &str, batch: &walbust_core::plan::Batch) {
+    pub fn applied(&self, target: &str, batch: &Batch) {
         for (kind, n) in [
             ("delete", batch.delete.len()),
             ("bump", batch.bump.len()),
@@ -133,47 +259,66 @@ impl Metrics {
     }
 
     pub fn round_trips(&self, target: &str, n: u64) {
-        *lock(&self.inner).round_trips.entry(target.to_string()).or_default() += n;
+        self.round_trips.get_or_create(&target_label(target)).inc_by(n);
     }
 
+    /// An apply to `target` failed (it is retried).
     pub fn redis_error(&self, target: &str) {
-        *lock(&self.inner).redis_errors.entry(target.to_string()).or_default() += 1;
+        self.redis_errors.get_or_create(&target_label(target)).inc();
+        self.redis_ok.store(false, Ordering::Relaxed);
+    }
+
+    /// Every target applied the last batch.
+    pub fn redis_reached(&self) {
+        self.redis_ok.store(true, Ordering::Relaxed);
+    }
+
+    pub fn redis_ok(&self) -> bool {
+        self.redis_ok.load(Ordering::Relaxed)
     }
 
     pub fn fallback(&self, rule: &str, escalation: bool) {
-        let mut inner = lock(&self.inner);
-        let map = if escalation {
-            &mut inner.escalations
-        } else {
-            &mut inner.fallbacks
-        };
-        *map.entry(rule.to_string()).or_default() += 1;
+        let family = if escalation { &self.escalations } else { &self.fallbacks };
+        family.get_or_create(&rule_label(rule)).inc();
     }
 
     pub fn unrenderable(&self, rule: &str) {
-        *lock(&self.inner).unrenderable.entry(rule.to_string()).or_default() += 1;
+        self.unrenderable.get_or_create(&rule_label(rule)).inc();
     }
 
     pub fn latency(&self, seconds: f64) {
-        lock(&self.inner).latency.observe(&LATENCY_BUCKETS, seconds);
+        self.latency.observe(seconds);
     }
 
     pub fn batch(&self, actions: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner).batch_actions.observe(&BATCH_BUCKETS, actions as f64);
+        self.batches.inc();
+        self.batch_actions.observe(actions as f64);
     }
 
-    /// (p50, p99) of the commit-to-applied latency, from the histogram buckets.
-    pub fn latency_quantiles(&self) -> (Option<f64>, Option<f64>) {
-        let inner = lock(&self.inner);
-        (
-            inner.latency.quantile(&LATENCY_BUCKETS, 0.5),
-            inner.latency.quantile(&LATENCY_BUCKETS, 0.99),
-        )
+    pub fn batches(&self) -> u64 {
+        self.batches.get()
     }
 
-    pub fn total_round_trips(&self) -> u64 {
-        lock(&self.inner).round_trips.values().sum()
+    pub fn epoch_bump(&self) {
+        self.epoch_bumps.inc();
+    }
+
+    pub fn epoch_resets(&self, n: u64) {
+        self.epoch_resets.inc_by(n);
+    }
+
+    /// The polled slot statistics.
+    pub fn slot_stats(&self, retained_wal_bytes: Option<u64>, confirmed_lag_bytes: Option<u64>) {
+        if let Some(v) = retained_wal_bytes {
+            self.gauges.slot_retained_wal_bytes.set(to_i64(v));
+        }
+        if let Some(v) = confirmed_lag_bytes {
+            self.gauges.slot_confirmed_lag_bytes.set(to_i64(v));
+        }
+    }
+
+    pub fn replication_connected(&self) -> bool {
+        self.progress.connected()
     }
 
     /// Replication lag: server WAL end minus applied position.
@@ -184,203 +329,31 @@ impl Metrics {
             .saturating_sub(self.progress.applied().0)
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let g = &self.gauges;
+        g.applied_lsn.set(to_i64(self.progress.applied().0));
+        g.replication_lag_bytes.set(to_i64(self.lag_bytes()));
+        g.replication_connected.set(i64::from(self.replication_connected()));
+        g.redis_reachable.set(i64::from(self.redis_ok()));
+        let reconnects = self.progress.reconnects();
+        g.reconnects.inc_by(reconnects.saturating_sub(g.reconnects.get()));
         let mut out = String::with_capacity(4096);
-        let inner = lock(&self.inner);
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let mut family = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            name.to_string()
-        };
-        let n = family(
-            "walbust_changes_total",
-            "counter",
-            "Row changes received, by table and operation.",
-        );
-        let mut body = String::new();
-        for ((table, op), v) in &inner.changes {
-            let _ = writeln!(body, "{n}{{table=\"{}\",op=\"{op}\"}} {v}", esc(table));
-        }
-        out.push_str(&body);
-        let _ = writeln!(
-            out,
-            "# HELP walbust_transactions_total Committed transactions received.\n# TYPE walbust_transactions_total counter\nwalbust_transactions_total {}",
-            self.transactions.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# HELP walbust_actions_total Actions applied, by kind and Redis target.\n# TYPE walbust_actions_total counter");
-        for ((kind, target), v) in &inner.actions {
-            let _ = writeln!(
-                out,
-                "walbust_actions_total{{kind=\"{kind}\",target=\"{}\"}} {v}",
-                esc(target)
-            );
-        }
-        let _ = writeln!(out, "# HELP walbust_redis_round_trips_total Redis round trips, by target.\n# TYPE walbust_redis_round_trips_total counter");
-        for (target, v) in &inner.round_trips {
-            let _ = writeln!(out, "walbust_redis_round_trips_total{{target=\"{}\"}} {v}", esc(target));
-        }
-        let _ = writeln!(out, "# HELP walbust_redis_errors_total Failed Redis applies (retried), by target.\n# TYPE walbust_redis_errors_total counter");
-        for (target, v) in &inner.redis_errors {
-            let _ = writeln!(out, "walbust_redis_errors_total{{target=\"{}\"}} {v}", esc(target));
-        }
-        for (name, help, map) in [
-            (
-                "walbust_fallbacks_total",
-                "Changes mapped by a rule's fallback, by rule.",
-                &inner.fallbacks,
-            ),
-            (
-                "walbust_escalations_total",
-                "Fan-out escalations to a rule's fallback, by rule.",
-                &inner.escalations,
-            ),
-            (
-                "walbust_unrenderable_total",
-                "Changes a rule could not map and had no fallback for, by rule.",
-                &inner.unrenderable,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (rule, v) in map {
-                let _ = writeln!(out, "{name}{{rule=\"{}\"}} {v}", esc(rule));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP walbust_batch_actions Actions per applied batch.\n# TYPE walbust_batch_actions histogram"
-        );
-        inner
-            .batch_actions
-            .render(&mut out, "walbust_batch_actions", &BATCH_BUCKETS);
-        let _ = writeln!(out, "# HELP walbust_commit_to_applied_seconds From COMMIT (commit time) to every Redis target's acknowledgement.\n# TYPE walbust_commit_to_applied_seconds histogram");
-        inner
-            .latency
-            .render(&mut out, "walbust_commit_to_applied_seconds", &LATENCY_BUCKETS);
-        for (name, kind, help, value) in [
-            (
-                "walbust_batches_total",
-                "counter",
-                "Batches applied.",
-                self.batches.load(Ordering::Relaxed),
-            ),
-            (
-                "walbust_reconnects_total",
-                "counter",
-                "Replication reconnects.",
-                self.progress.reconnects(),
-            ),
-            (
-                "walbust_epoch_bumps_total",
-                "counter",
-                "Global epoch bumps after a gap in the slot's history.",
-                self.epoch_bumps.load(Ordering::Relaxed),
-            ),
-            (
-                "walbust_redis_epoch_resets_total",
-                "counter",
-                "Redis connections that found the epoch key missing (target new or restarted empty) and set a fresh epoch.",
-                self.epoch_resets.load(Ordering::Relaxed),
-            ),
-            (
-                "walbust_applied_lsn",
-                "gauge",
-                "Highest position applied by every target (acknowledged to PostgreSQL).",
-                self.progress.applied().0,
-            ),
-            (
-                "walbust_replication_lag_bytes",
-                "gauge",
-                "Server WAL end minus the applied position.",
-                self.lag_bytes(),
-            ),
-            (
-                "walbust_slot_retained_wal_bytes",
-                "gauge",
-                "WAL the slot retains (current WAL LSN minus restart_lsn), polled.",
-                self.slot_retained_wal_bytes.load(Ordering::Relaxed),
-            ),
-            (
-                "walbust_slot_confirmed_lag_bytes",
-                "gauge",
-                "Current WAL LSN minus the slot's confirmed_flush_lsn, polled.",
-                self.slot_lag_bytes.load(Ordering::Relaxed),
-            ),
-            (
-                "walbust_replication_connected",
-                "gauge",
-                "1 while the replication stream is connected.",
-                u64::from(self.progress.connected()),
-            ),
-            (
-                "walbust_redis_reachable",
-                "gauge",
-                "1 when the last apply reached every target.",
-                u64::from(self.redis_ok.load(Ordering::Relaxed)),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ready_max_lag_bytes: u64) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head (bounded); only the request line matters.
-            while len < buf.len() {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf[len..])).await {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => {
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, content_type, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" => {
-                    let connected = metrics.replication_connected();
-                    let redis = metrics.redis_ok.load(Ordering::Relaxed);
-                    let lag = metrics.lag_bytes();
-                    let ready = connected && redis && lag <= ready_max_lag_bytes;
-                    let body = format!(
-                        "replication_connected {connected}\nredis_reachable {redis}\nlag_bytes {lag} (max {ready_max_lag_bytes})\n"
-                    );
-                    (
-                        if ready { "200 OK" } else { "503 Service Unavailable" },
-                        "text/plain",
-                        body,
-                    )
-                }
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /metrics, /healthz or /readyz\n".to_string(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
+fn target_label(target: &str) -> TargetLabel {
+    TargetLabel {
+        target: target.to_string(),
     }
+}
+
+fn rule_label(rule: &str) -> RuleLabel {
+    RuleLabel { rule: rule.to_string() }
 }
 
 #[cfg(test)]
@@ -388,8 +361,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
+    fn renders_the_documented_names() {
+        let m = Metrics::new(Arc::new(Progress::default()));
         let mut changes = BTreeMap::new();
         changes.insert(("public.products".to_string(), "update"), 3);
         m.changes(&changes);
@@ -398,17 +371,20 @@ mod tests {
         m.latency(0.2);
         m.batch(12);
         m.fallback("r\"1", false);
+        m.epoch_resets(2);
         let text = m.render();
-        assert!(
-            text.contains("walbust_changes_total{table=\"public.products\",op=\"update\"} 3"),
-            "{text}"
-        );
-        assert!(text.contains("walbust_actions_total{kind=\"delete\",target=\"redis://h\"} 5"));
-        assert!(text.contains("walbust_commit_to_applied_seconds_bucket{le=\"0.002\"} 1"));
-        assert!(text.contains("walbust_commit_to_applied_seconds_count 2"));
-        assert!(text.contains("walbust_fallbacks_total{rule=\"r\\\"1\"} 1"));
-        let (p50, p99) = m.latency_quantiles();
-        assert_eq!(p50, Some(0.002));
-        assert_eq!(p99, Some(0.25));
+        for expected in [
+            "walbust_changes_total{table=\"public.products\",op=\"update\"} 3",
+            "walbust_actions_total{kind=\"delete\",target=\"redis://h\"} 5",
+            "walbust_commit_to_applied_seconds_bucket{le=\"0.002\"} 1",
+            "walbust_commit_to_applied_seconds_count 2",
+            "walbust_fallbacks_total{rule=\"r\\\"1\"} 1",
+            "walbust_redis_epoch_resets_total 2",
+            "walbust_batches_total 1",
+            "walbust_applied_lsn 0",
+            "walbust_replication_connected 0",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in\n{text}");
+        }
     }
 }

@@ -595,10 +595,24 @@ pub struct DaemonLatency {
 
 impl DaemonLatency {
     fn add_scrape(&mut self, metrics: &str) {
+        // The bucket bound may be written `1` or `1.0` (OpenMetrics): compare it as a number.
         let value = |name: &str| -> u64 {
+            let (head, bound) = match name.split_once("le=\"") {
+                Some((head, rest)) => (head, rest.split('"').next().and_then(|b| b.parse::<f64>().ok())),
+                None => (name, None),
+            };
             metrics
                 .lines()
-                .find_map(|l| l.strip_prefix(name))
+                .find_map(|l| {
+                    let rest = l.strip_prefix(head)?;
+                    match bound {
+                        None => Some(rest),
+                        Some(want) => {
+                            let (le, rest) = rest.strip_prefix("le=\"")?.split_once("\"}")?;
+                            (le.parse::<f64>().ok()? == want).then_some(rest)
+                        }
+                    }
+                })
                 .and_then(|rest| rest.trim().parse::<f64>().ok())
                 .map(|v| v as u64)
                 .unwrap_or(0)
@@ -1596,7 +1610,8 @@ mod tests {
                        walbust_commit_to_applied_seconds_count 100\n";
         let mut latency = DaemonLatency::default();
         latency.add_scrape(metrics);
-        latency.add_scrape(metrics);
+        // OpenMetrics writes the bounds as floats.
+        latency.add_scrape(&metrics.replace("le=\"1\"", "le=\"1.0\""));
         assert_eq!(
             (
                 latency.transactions,
