@@ -42,6 +42,8 @@ pub enum ConfigError {
     },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    #[error("postgres.url: {0}")]
+    PostgresUrl(#[source] crate::source::conn::ConnError),
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
@@ -435,7 +437,7 @@ impl Config {
                 "no database given; set postgres.url in the config, WALBUST_DB, or --db",
             ));
         }
-        let connect = ConnectOptions::parse(&self.postgres.url).map_err(|e| invalid("postgres.url", e.to_string()))?;
+        let connect = ConnectOptions::parse(&self.postgres.url).map_err(ConfigError::PostgresUrl)?;
         for (field, value) in [
             ("postgres.slot", &self.postgres.slot),
             ("postgres.publication", &self.postgres.publication),

@@ -89,7 +89,9 @@ pub fn demo() -> Result<ExitCode> {
 fn demo_daemon(
     spec: walbust_testkit::demo::DemoDaemon,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-) -> impl std::future::Future<Output = Result<walbust_testkit::demo::DaemonSummary, String>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<walbust_testkit::demo::DaemonSummary, walbust_testkit::demo::BoxError>>
+       + Send
+       + 'static {
     use crate::config::{Config, RedisConfig};
     let mut config = Config::default();
     config.postgres.url = spec.postgres_url;
@@ -99,10 +101,8 @@ fn demo_daemon(
     config.http.listen = String::new();
     config.shutdown_timeout = std::time::Duration::from_secs(5);
     async move {
-        let validated = config.validate().map_err(|e| e.to_string())?;
-        let summary = crate::daemon::run(validated, shutdown)
-            .await
-            .map_err(|e| e.to_string())?;
+        let validated = config.validate()?;
+        let summary = crate::daemon::run(validated, shutdown).await?;
         Ok((summary.transactions, summary.batches))
     }
 }

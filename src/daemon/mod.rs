@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
-    Rules(String),
+    Rules(#[from] crate::rules::RulesError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{field}: cannot read {}: {source}", path.display())]
@@ -81,7 +81,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, DaemonError> {
     let cfg = &config.config;
-    let loaded = crate::rules::load_path(&cfg.rules.path).map_err(|e| DaemonError::Rules(e.to_string()))?;
+    let loaded = crate::rules::load_path(&cfg.rules.path)?;
     for w in &loaded.warnings {
         tracing::warn!(finding = %w, "rules");
     }
@@ -111,7 +111,7 @@ pub async fn run(
     let mut daemon = Daemon {
         stream: Stream::start_with(stream_config(&config, &connect), progress.clone()),
         applier: Some(Applier::start(targets.sinks, context.clone())),
-        planner: Planner::with_options(rules, false, engine_options(&config)),
+        planner: Planner::with_options(rules, false, engine_options(&config)).unsorted(),
         batch: Batch::default(),
         batch_started: None,
         change_counts: BTreeMap::new(),
@@ -285,7 +285,7 @@ impl Daemon {
                 if self.batch.is_empty() {
                     self.batch_started = Some(Instant::now());
                 }
-                self.batch.add(&txn);
+                self.batch.add_owned(txn);
                 self.summary.transactions += 1;
             }
         }

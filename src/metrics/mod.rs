@@ -184,7 +184,11 @@ impl Metrics {
             "Redis connections that found the epoch key missing (target new or restarted empty) and set a fresh epoch",
             self.epoch_resets.clone(),
         );
-        let g = &self.gauges;
+        self.register_gauges();
+    }
+
+    fn register_gauges(&mut self) {
+        let (r, g) = (&mut self.registry, &self.gauges);
         for (name, help, gauge) in [
             (
                 "walbust_applied_lsn",

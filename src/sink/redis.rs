@@ -286,37 +286,61 @@ impl RedisTarget {
         }
         // Patterns first: SCAN needs its own round trips (rare; discouraged by `check`).
         for pattern in &batch.delete_matching {
-            let mut cursor: u64 = 0;
-            loop {
-                let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await;
-                self.round_trips += 1;
-                let (next, keys) = self.finish(r)?;
-                if !keys.is_empty() {
-                    let r: redis::RedisResult<i64> = redis::cmd(self.delete_command.name())
-                        .arg(&keys)
-                        .query_async(&mut conn)
-                        .await;
-                    self.round_trips += 1;
-                    self.finish(r)?;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+            self.delete_matching(&mut conn, pattern).await?;
         }
         // Tags (first chunk of each), deletes, bumps and announcements: one pipelined round trip.
+        let tags: Vec<&String> = batch.tags.iter().collect();
+        let Some(pipe) = self.pipeline(&tags, batch) else {
+            return Ok(());
+        };
+        // Only the tag scripts' replies are kept: how many members each removed.
+        let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+        self.round_trips += 1;
+        let removed = self.finish(r)?;
+        // Large tag sets: keep draining in bounded chunks.
+        for (key, first) in tags.iter().zip(removed) {
+            if first >= CHUNK as i64 {
+                self.drain_tag(&mut conn, key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SCAN MATCH `pattern` and delete what it finds.
+    async fn delete_matching(&mut self, conn: &mut Conn, pattern: &str) -> Result<(), RedisError> {
+        let mut cursor: u64 = 0;
+        loop {
+            let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await;
+            self.round_trips += 1;
+            let (next, keys) = self.finish(r)?;
+            if !keys.is_empty() {
+                let r: redis::RedisResult<i64> = redis::cmd(self.delete_command.name())
+                    .arg(&keys)
+                    .query_async(conn)
+                    .await;
+                self.round_trips += 1;
+                self.finish(r)?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One pipeline for the batch's tags (first chunk each), deletes, bumps and announcements;
+    /// `None` when there is nothing to send.
+    fn pipeline(&self, tags: &[&String], batch: &Batch) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
-        let tags: Vec<&String> = batch.tags.iter().collect();
-        for key in &tags {
+        for key in tags {
             pipe.cmd("EVAL")
                 .arg(TAG_SCRIPT)
                 .arg(1)
@@ -348,28 +372,24 @@ impl RedisTarget {
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             commands += 1;
         }
-        if commands > 0 {
-            // Only the tag scripts' replies are kept: how many members each removed.
-            let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+        (commands > 0).then_some(pipe)
+    }
+
+    /// Pops and unlinks the rest of a large tag set, a chunk at a time.
+    async fn drain_tag(&mut self, conn: &mut Conn, key: &str) -> Result<(), RedisError> {
+        loop {
+            let r: redis::RedisResult<i64> = self
+                .tag
+                .key(key)
+                .arg(CHUNK)
+                .arg(self.delete_command.name())
+                .invoke_async(conn)
+                .await;
             self.round_trips += 1;
-            let removed = self.finish(r)?;
-            // Large tag sets: keep draining in bounded chunks.
-            for (key, first) in tags.iter().zip(removed) {
-                let mut last = first;
-                while last >= CHUNK as i64 {
-                    let r: redis::RedisResult<i64> = self
-                        .tag
-                        .key(*key)
-                        .arg(CHUNK)
-                        .arg(self.delete_command.name())
-                        .invoke_async(&mut conn)
-                        .await;
-                    self.round_trips += 1;
-                    last = self.finish(r)?;
-                }
+            if self.finish(r)? < CHUNK as i64 {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Deletes keys (the delayed second delete of `redelete_after`).

@@ -7,7 +7,7 @@
 //! put into errors or logs.
 
 use super::tls::{negotiate, AsyncStream, TlsError, TlsOptions};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use std::collections::HashMap;
@@ -16,6 +16,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use walbust_core::bytes::{Cursor, Truncated};
 
 /// An error from the server (ErrorResponse), with the fields operators need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub enum ConnError {
     Auth(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("TLS: {0}")]
+    TlsSetup(#[source] TlsError),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("bad connection settings: {0}")]
@@ -63,6 +66,7 @@ impl From<TlsError> for ConnError {
         match e {
             TlsError::Config(m) => ConnError::Config(m),
             TlsError::Handshake(m) => ConnError::Tls(m),
+            e @ (TlsError::Rustls(_) | TlsError::Verifier(_)) => ConnError::TlsSetup(e),
             TlsError::Protocol(m) => ConnError::Protocol(m),
             TlsError::Io(e) => ConnError::Io(e),
         }
@@ -213,17 +217,19 @@ pub struct ReplicationConnection {
     target: String,
 }
 
-fn cstr(buf: &mut Bytes) -> Result<String, ConnError> {
-    let end = buf
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| ConnError::Protocol("unterminated string in a server message".into()))?;
-    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.advance(end + 1);
-    Ok(s)
+impl From<Truncated> for ConnError {
+    fn from(t: Truncated) -> ConnError {
+        ConnError::Protocol(format!("server message {t}"))
+    }
 }
 
-fn parse_error(mut body: Bytes) -> Result<ServerError, ConnError> {
+/// A NUL-terminated string of a server message (server text is UTF-8: client_encoding).
+fn cstr(c: &mut Cursor<'_>, what: &'static str) -> Result<String, ConnError> {
+    Ok(String::from_utf8_lossy(c.cstr_bytes(what)?).into_owned())
+}
+
+/// ErrorResponse / NoticeResponse fields.
+fn parse_error(body: &[u8]) -> Result<ServerError, ConnError> {
     let mut e = ServerError {
         severity: String::new(),
         code: String::new(),
@@ -231,12 +237,13 @@ fn parse_error(mut body: Bytes) -> Result<ServerError, ConnError> {
         detail: None,
         hint: None,
     };
-    while let Some(&field) = body.first() {
-        body.advance(1);
+    let mut c = Cursor::new(body);
+    while c.remaining() > 0 {
+        let field = c.u8("error field type")?;
         if field == 0 {
             break;
         }
-        let value = cstr(&mut body)?;
+        let value = cstr(&mut c, "error field")?;
         match field {
             b'V' => e.severity = value,
             b'S' if e.severity.is_empty() => e.severity = value,
@@ -248,6 +255,34 @@ fn parse_error(mut body: Bytes) -> Result<ServerError, ConnError> {
         }
     }
     Ok(e)
+}
+
+/// RowDescription: the column names.
+fn row_description(body: &[u8]) -> Result<Vec<String>, ConnError> {
+    let mut c = Cursor::new(body);
+    let n = c.i16("RowDescription field count")?;
+    let mut columns = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        columns.push(cstr(&mut c, "RowDescription field name")?);
+        // Table OID, column number, type OID, type size, type modifier, format code.
+        c.take(18, "RowDescription field")?;
+    }
+    Ok(columns)
+}
+
+/// DataRow: text values, `None` for NULL.
+fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, ConnError> {
+    let mut c = Cursor::new(body);
+    let n = c.i16("DataRow value count")?;
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = c.i32("DataRow value length")?;
+        row.push(match usize::try_from(len) {
+            Ok(len) => Some(String::from_utf8_lossy(c.take(len, "DataRow value")?).into_owned()),
+            Err(_) => None,
+        });
+    }
+    Ok(row)
 }
 
 impl ReplicationConnection {
@@ -335,74 +370,18 @@ impl ReplicationConnection {
         let password = options.config.get_password();
         loop {
             let msg = self.recv().await?;
+            let mut body = Cursor::new(&msg.body);
             match msg.tag {
-                b'R' => {
-                    let mut body = msg.body;
-                    if body.len() < 4 {
-                        return Err(ConnError::Protocol("short authentication message".into()));
-                    }
-                    let code = body.get_i32();
-                    match code {
-                        0 => {}
-                        3 => {
-                            let pw = password.ok_or_else(|| {
-                                ConnError::Auth(format!(
-                                    "the server asks user `{user}` for a password; put it in the connection URL or PGPASSWORD"
-                                ))
-                            })?;
-                            frontend::password_message(pw, &mut self.write)?;
-                            self.flush().await?;
-                        }
-                        5 => {
-                            let pw = password.ok_or_else(|| {
-                                ConnError::Auth(format!("the server asks user `{user}` for an md5 password; none was given"))
-                            })?;
-                            if body.len() < 4 {
-                                return Err(ConnError::Protocol("short md5 salt".into()));
-                            }
-                            let mut salt = [0u8; 4];
-                            body.copy_to_slice(&mut salt);
-                            let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, salt);
-                            frontend::password_message(hash.as_bytes(), &mut self.write)?;
-                            self.flush().await?;
-                        }
-                        10 => {
-                            let pw = password.ok_or_else(|| {
-                                ConnError::Auth(format!("the server asks user `{user}` for a SCRAM password; none was given"))
-                            })?;
-                            let mut mechanisms = Vec::new();
-                            while !body.is_empty() && body[0] != 0 {
-                                mechanisms.push(cstr(&mut body)?);
-                            }
-                            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
-                                return Err(ConnError::Auth(format!(
-                                    "the server offers SASL mechanisms {mechanisms:?}; walbust supports SCRAM-SHA-256"
-                                )));
-                            }
-                            self.scram(pw).await?;
-                        }
-                        other => {
-                            return Err(ConnError::Auth(format!(
-                                "the server asks for an authentication method walbust does not support (code {other}); use trust, password, md5 or scram-sha-256 in pg_hba.conf"
-                            )))
-                        }
-                    }
-                }
+                b'R' => self.authenticate(&mut body, &user, password).await?,
                 b'S' => {
-                    let mut body = msg.body;
-                    let k = cstr(&mut body)?;
-                    let v = cstr(&mut body)?;
+                    let k = cstr(&mut body, "parameter name")?;
+                    let v = cstr(&mut body, "parameter value")?;
                     self.parameters.insert(k, v);
                 }
-                b'K' => {
-                    let mut body = msg.body;
-                    if body.len() >= 4 {
-                        self.backend_pid = Some(body.get_i32());
-                    }
-                }
+                b'K' => self.backend_pid = body.i32("backend pid").ok(),
                 b'Z' => return Ok(()),
                 b'E' => {
-                    let e = parse_error(msg.body)?;
+                    let e = parse_error(&msg.body)?;
                     if e.code == "28P01" || e.code == "28000" {
                         return Err(ConnError::Auth(format!("{} ({})", e.message, e.code)));
                     }
@@ -419,6 +398,56 @@ impl ReplicationConnection {
         }
     }
 
+    /// Answers one AuthenticationRequest (`R`).
+    async fn authenticate(
+        &mut self,
+        body: &mut Cursor<'_>,
+        user: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), ConnError> {
+        let asked = |method: &str| {
+            password.ok_or_else(|| {
+                ConnError::Auth(format!(
+                    "the server asks user `{user}` for {method}; put it in the connection URL or PGPASSWORD"
+                ))
+            })
+        };
+        match body.i32("authentication request")? {
+            0 => {}
+            3 => {
+                frontend::password_message(asked("a password")?, &mut self.write)?;
+                self.flush().await?;
+            }
+            5 => {
+                let pw = asked("an md5 password")?;
+                let mut salt = [0u8; 4];
+                salt.copy_from_slice(body.take(4, "md5 salt")?);
+                let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, salt);
+                frontend::password_message(hash.as_bytes(), &mut self.write)?;
+                self.flush().await?;
+            }
+            10 => {
+                let pw = asked("a SCRAM password")?;
+                let mut mechanisms = Vec::new();
+                while body.rest().first().is_some_and(|b| *b != 0) {
+                    mechanisms.push(cstr(body, "SASL mechanism")?);
+                }
+                if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                    return Err(ConnError::Auth(format!(
+                        "the server offers SASL mechanisms {mechanisms:?}; walbust supports SCRAM-SHA-256"
+                    )));
+                }
+                self.scram(pw).await?;
+            }
+            other => {
+                return Err(ConnError::Auth(format!(
+                    "the server asks for an authentication method walbust does not support (code {other}); use trust, password, md5 or scram-sha-256 in pg_hba.conf"
+                )))
+            }
+        }
+        Ok(())
+    }
+
     async fn scram(&mut self, password: &[u8]) -> Result<(), ConnError> {
         let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
         frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut self.write)?;
@@ -427,21 +456,20 @@ impl ReplicationConnection {
             let msg = self.recv().await?;
             match msg.tag {
                 b'R' => {
-                    let mut body = msg.body;
-                    if body.len() < 4 {
-                        return Err(ConnError::Protocol("short SASL message".into()));
-                    }
-                    match body.get_i32() {
+                    let mut c = Cursor::new(&msg.body);
+                    let code = c.i32("SASL message")?;
+                    let body = c.rest();
+                    match code {
                         11 => {
                             scram
-                                .update(&body)
+                                .update(body)
                                 .map_err(|e| ConnError::Auth(format!("SCRAM exchange failed: {e}")))?;
                             frontend::sasl_response(scram.message(), &mut self.write)?;
                             self.flush().await?;
                         }
                         12 => {
                             scram
-                                .finish(&body)
+                                .finish(body)
                                 .map_err(|e| ConnError::Auth(format!("SCRAM server signature invalid: {e}")))?;
                             return Ok(());
                         }
@@ -451,7 +479,7 @@ impl ReplicationConnection {
                     }
                 }
                 b'E' => {
-                    let e = parse_error(msg.body)?;
+                    let e = parse_error(&msg.body)?;
                     return Err(ConnError::Auth(format!("{} ({})", e.message, e.code)));
                 }
                 other => {
@@ -473,29 +501,27 @@ impl ReplicationConnection {
 
     /// True when a complete backend message is already buffered (receiving it won't wait).
     pub fn has_buffered_message(&self) -> bool {
-        if self.read.len() < 5 {
-            return false;
+        let mut head = Cursor::new(&self.read);
+        match (head.u8("message type"), head.i32("message length")) {
+            (Ok(_), Ok(len)) => len >= 4 && self.read.len() > len as usize,
+            _ => false,
         }
-        let len = i32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
-        len >= 4 && self.read.len() > len as usize
     }
 
     /// Receives one backend message.
     pub async fn recv(&mut self) -> Result<BackendMessage, ConnError> {
         loop {
-            if self.read.len() >= 5 {
-                let len = i32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
+            let mut head = Cursor::new(&self.read);
+            if let (Ok(tag), Ok(len)) = (head.u8("message type"), head.i32("message length")) {
                 if len < 4 {
                     return Err(ConnError::Protocol(format!("invalid message length {len}")));
                 }
                 let total = len as usize + 1;
                 if self.read.len() >= total {
                     let mut frame = self.read.split_to(total);
-                    let tag = frame[0];
-                    frame.advance(5);
                     return Ok(BackendMessage {
                         tag,
-                        body: frame.freeze(),
+                        body: frame.split_off(5).freeze(),
                     });
                 }
                 self.read.reserve(total - self.read.len());
@@ -522,46 +548,13 @@ impl ReplicationConnection {
             let msg = self.recv().await?;
             match msg.tag {
                 b'T' => {
-                    let mut body = msg.body;
-                    if body.len() < 2 {
-                        return Err(ConnError::Protocol("short RowDescription".into()));
-                    }
-                    let n = body.get_i16();
-                    result = QueryResult::default();
-                    for _ in 0..n {
-                        result.columns.push(cstr(&mut body)?);
-                        if body.len() < 18 {
-                            return Err(ConnError::Protocol("short RowDescription field".into()));
-                        }
-                        body.advance(18);
-                    }
+                    result = QueryResult {
+                        columns: row_description(&msg.body)?,
+                        rows: Vec::new(),
+                    };
                 }
-                b'D' => {
-                    let mut body = msg.body;
-                    if body.len() < 2 {
-                        return Err(ConnError::Protocol("short DataRow".into()));
-                    }
-                    let n = body.get_i16();
-                    let mut row = Vec::with_capacity(n.max(0) as usize);
-                    for _ in 0..n {
-                        if body.len() < 4 {
-                            return Err(ConnError::Protocol("short DataRow value".into()));
-                        }
-                        let len = body.get_i32();
-                        if len < 0 {
-                            row.push(None);
-                        } else {
-                            let len = len as usize;
-                            if body.len() < len {
-                                return Err(ConnError::Protocol("short DataRow value".into()));
-                            }
-                            row.push(Some(String::from_utf8_lossy(&body[..len]).into_owned()));
-                            body.advance(len);
-                        }
-                    }
-                    result.rows.push(row);
-                }
-                b'E' => error = Some(parse_error(msg.body)?),
+                b'D' => result.rows.push(data_row(&msg.body)?),
+                b'E' => error = Some(parse_error(&msg.body)?),
                 b'Z' => {
                     return match error {
                         Some(e) => Err(ConnError::Server(e)),
@@ -591,7 +584,7 @@ impl ReplicationConnection {
             match msg.tag {
                 b'W' => return Ok(()),
                 b'E' => {
-                    let e = parse_error(msg.body)?;
+                    let e = parse_error(&msg.body)?;
                     // Drain to ReadyForQuery so the connection stays usable.
                     loop {
                         let m = self.recv().await?;
@@ -621,7 +614,7 @@ impl ReplicationConnection {
                 // The server ended the copy (CopyDone), possibly followed by CommandComplete and
                 // ReadyForQuery (e.g. a walsender shutting down): the stream is over.
                 b'c' | b'C' | b'Z' => return Ok(None),
-                b'E' => return Err(ConnError::Server(parse_error(msg.body)?)),
+                b'E' => return Err(ConnError::Server(parse_error(&msg.body)?)),
                 b'N' | b'S' => {}
                 other => {
                     return Err(ConnError::Protocol(format!(
@@ -668,7 +661,7 @@ mod tests {
             body.push(0);
         }
         body.push(0);
-        let e = parse_error(Bytes::from(body)).unwrap();
+        let e = parse_error(&body).unwrap();
         assert_eq!(e.code, "55006");
         assert!(ConnError::Server(e).is_transient());
     }

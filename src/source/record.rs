@@ -52,7 +52,9 @@ pub enum RecordError {
     #[error("slot `{slot}` uses plugin `{plugin}`, not pgoutput; --peek can only record pgoutput slots")]
     WrongPlugin { slot: String, plugin: String },
     #[error("the server sent something walbust cannot decode: {0}")]
-    Decode(String),
+    Decode(#[from] crate::decode::pgoutput::DecodeError),
+    #[error("pg_logical_slot_peek_binary_changes returned a bytea value that is not hex: {0:.40}")]
+    PeekNotHex(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error("internal error: the recording stream sent {0}")]
@@ -79,7 +81,7 @@ struct Counter {
 
 impl Counter {
     fn see(&mut self, message: &[u8]) -> Result<(), RecordError> {
-        match parse_message(message).map_err(|e| RecordError::Decode(e.to_string()))? {
+        match parse_message(message)? {
             Message::Begin { .. } => self.in_transaction = true,
             Message::Commit { end_lsn, .. } => {
                 self.in_transaction = false;
@@ -172,8 +174,7 @@ async fn peek<W: Write>(
             .and_then(|s| Lsn::parse(&s))
             .unwrap_or_default();
         let data = row.get(1).cloned().flatten().unwrap_or_default();
-        let bytes = decode_bytea_hex(&data)
-            .ok_or_else(|| RecordError::Decode(format!("bytea value is not hex: {data:.40}")))?;
+        let bytes = decode_bytea_hex(&data).ok_or_else(|| RecordError::PeekNotHex(data.clone()))?;
         counter.see(&bytes)?;
         writer.message(lsn, &bytes)?;
     }

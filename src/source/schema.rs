@@ -49,104 +49,120 @@ pub async fn read_schema_with(
     };
     let mut wanted: BTreeSet<TableName> = rules.tables().cloned().collect();
     if let Some(name) = publication {
-        let found = conn
-            .simple_query(&format!(
-                "SELECT pubinsert::text AS i, pubupdate::text AS u, pubdelete::text AS d, pubtruncate::text AS t \
-                 FROM pg_catalog.pg_publication WHERE pubname = {}",
-                quote_literal(name)
-            ))
-            .await?;
-        let mut publication = PublicationInfo {
-            name: name.to_string(),
-            exists: !found.rows.is_empty(),
-            ..PublicationInfo::default()
-        };
-        if let Some(row) = found.rows.first() {
-            for (col, op) in [
-                ("i", Op::Insert),
-                ("u", Op::Update),
-                ("d", Op::Delete),
-                ("t", Op::Truncate),
-            ] {
-                if column(&found, row, col) == "true" {
-                    publication.publishes.insert(op);
-                }
-            }
-            let tables = conn
-                .simple_query(&format!(
-                    "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
-                    quote_literal(name)
-                ))
-                .await?;
-            for row in &tables.rows {
-                publication.tables.insert(TableName {
-                    schema: column(&tables, row, "s"),
-                    name: column(&tables, row, "t"),
-                });
-            }
-        }
+        let publication = read_publication(conn, name).await?;
         wanted.extend(publication.tables.iter().cloned());
         info.publication = Some(publication);
     }
     for table in wanted {
-        let rel = conn
-            .simple_query(&format!(
-                "SELECT c.oid::text AS oid, c.relreplident::text AS ident FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
-                quote_literal(&table.schema),
-                quote_literal(&table.name)
-            ))
-            .await?;
-        let Some(row) = rel.rows.first() else { continue };
-        let oid = column(&rel, row, "oid");
-        let replica_identity = column(&rel, row, "ident")
-            .bytes()
-            .next()
-            .and_then(ReplicaIdentity::from_code);
-        let cols = conn
-            .simple_query(&format!(
-                "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, \
-                 (t.typlen = -1 AND a.attstorage <> 'p')::text AS toastable \
-                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-                 WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-            ))
-            .await?;
-        let columns: Vec<ColumnInfo> = cols
-            .rows
-            .iter()
-            .map(|r| ColumnInfo {
-                name: column(&cols, r, "name"),
-                type_name: column(&cols, r, "type"),
-                toastable: column(&cols, r, "toastable") == "true",
-            })
-            .collect();
-        let identity_columns: BTreeSet<String> = match replica_identity {
-            Some(ReplicaIdentity::Full) => columns.iter().map(|c| c.name.clone()).collect(),
-            Some(ReplicaIdentity::Nothing) | None => BTreeSet::new(),
-            Some(ReplicaIdentity::Default) | Some(ReplicaIdentity::Index) => {
-                let flag = if replica_identity == Some(ReplicaIdentity::Default) {
-                    "i.indisprimary"
-                } else {
-                    "i.indisreplident"
-                };
-                let idx = conn
-                    .simple_query(&format!(
-                        "SELECT a.attname::text AS name FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a \
-                         ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {oid} AND {flag}"
-                    ))
-                    .await?;
-                idx.rows.iter().map(|r| column(&idx, r, "name")).collect()
-            }
-        };
-        info.tables.insert(
-            table,
-            TableInfo {
-                columns,
-                replica_identity,
-                identity_columns,
-            },
-        );
+        if let Some(facts) = read_table(conn, &table).await? {
+            info.tables.insert(table, facts);
+        }
     }
     Ok(info)
+}
+
+/// Whether the publication exists, which operations it publishes, and its tables.
+async fn read_publication(conn: &mut ReplicationConnection, name: &str) -> Result<PublicationInfo, CheckDbError> {
+    let found = conn
+        .simple_query(&format!(
+            "SELECT pubinsert::text AS i, pubupdate::text AS u, pubdelete::text AS d, pubtruncate::text AS t \
+             FROM pg_catalog.pg_publication WHERE pubname = {}",
+            quote_literal(name)
+        ))
+        .await?;
+    let mut publication = PublicationInfo {
+        name: name.to_string(),
+        exists: !found.rows.is_empty(),
+        ..PublicationInfo::default()
+    };
+    let Some(row) = found.rows.first() else {
+        return Ok(publication);
+    };
+    for (col, op) in [
+        ("i", Op::Insert),
+        ("u", Op::Update),
+        ("d", Op::Delete),
+        ("t", Op::Truncate),
+    ] {
+        if column(&found, row, col) == "true" {
+            publication.publishes.insert(op);
+        }
+    }
+    let tables = conn
+        .simple_query(&format!(
+            "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+            quote_literal(name)
+        ))
+        .await?;
+    for row in &tables.rows {
+        publication.tables.insert(TableName {
+            schema: column(&tables, row, "s"),
+            name: column(&tables, row, "t"),
+        });
+    }
+    Ok(publication)
+}
+
+/// A table's columns and replica identity; `None` when it does not exist.
+async fn read_table(conn: &mut ReplicationConnection, table: &TableName) -> Result<Option<TableInfo>, CheckDbError> {
+    let rel = conn
+        .simple_query(&format!(
+            "SELECT c.oid::text AS oid, c.relreplident::text AS ident FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
+            quote_literal(&table.schema),
+            quote_literal(&table.name)
+        ))
+        .await?;
+    let Some(row) = rel.rows.first() else {
+        return Ok(None);
+    };
+    let oid = column(&rel, row, "oid");
+    let replica_identity = column(&rel, row, "ident")
+        .bytes()
+        .next()
+        .and_then(ReplicaIdentity::from_code);
+    let cols = conn
+        .simple_query(&format!(
+            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, \
+             (t.typlen = -1 AND a.attstorage <> 'p')::text AS toastable \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        ))
+        .await?;
+    let columns: Vec<ColumnInfo> = cols
+        .rows
+        .iter()
+        .map(|r| ColumnInfo {
+            name: column(&cols, r, "name"),
+            type_name: column(&cols, r, "type"),
+            toastable: column(&cols, r, "toastable") == "true",
+        })
+        .collect();
+    let identity_columns = match replica_identity {
+        Some(ReplicaIdentity::Full) => columns.iter().map(|c| c.name.clone()).collect(),
+        Some(ReplicaIdentity::Nothing) | None => BTreeSet::new(),
+        Some(ReplicaIdentity::Default) => index_columns(conn, &oid, "i.indisprimary").await?,
+        Some(ReplicaIdentity::Index) => index_columns(conn, &oid, "i.indisreplident").await?,
+    };
+    Ok(Some(TableInfo {
+        columns,
+        replica_identity,
+        identity_columns,
+    }))
+}
+
+/// The columns of the table's primary key or replica identity index (`flag`).
+async fn index_columns(
+    conn: &mut ReplicationConnection,
+    oid: &str,
+    flag: &str,
+) -> Result<BTreeSet<String>, CheckDbError> {
+    let idx = conn
+        .simple_query(&format!(
+            "SELECT a.attname::text AS name FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a \
+             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = {oid} AND {flag}"
+        ))
+        .await?;
+    Ok(idx.rows.iter().map(|r| column(&idx, r, "name")).collect())
 }

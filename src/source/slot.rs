@@ -4,6 +4,7 @@
 use super::conn::{ConnError, ConnectOptions, ReplicationConnection};
 use super::error::StreamError;
 use crate::model::Lsn;
+use crate::rules::TableName;
 
 /// What `pg_replication_slots` says about a slot.
 #[derive(Debug, Clone)]
@@ -71,7 +72,7 @@ pub async fn setup(
     connect: &ConnectOptions,
     publication: &str,
     slot: &str,
-    tables: &[crate::rules::TableName],
+    tables: &[TableName],
 ) -> Result<SetupReport, StreamError> {
     let mut conn = ReplicationConnection::connect(connect).await?;
     let level = conn.simple_query("SHOW wal_level").await?;
@@ -79,23 +80,8 @@ pub async fn setup(
     if level != "logical" {
         return Err(StreamError::WalLevel(level));
     }
+    check_tables_exist(&mut conn, tables).await?;
     let mut report = SetupReport::default();
-    let qualified = |t: &crate::rules::TableName| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
-    let mut missing = Vec::new();
-    for table in tables {
-        let found = conn
-            .simple_query(&format!(
-                "SELECT (to_regclass({}) IS NOT NULL)::text AS found",
-                quote_literal(&qualified(table))
-            ))
-            .await?;
-        if found.first("found") != Some("true") {
-            missing.push(table.to_string());
-        }
-    }
-    if !missing.is_empty() {
-        return Err(StreamError::TablesMissing(missing));
-    }
     let exists = conn
         .simple_query(&format!(
             "SELECT puballtables::text AS all FROM pg_catalog.pg_publication WHERE pubname = {}",
@@ -103,40 +89,10 @@ pub async fn setup(
         ))
         .await?;
     if exists.rows.is_empty() {
-        let list: Vec<String> = tables.iter().map(qualified).collect();
-        let sql = if list.is_empty() {
-            format!("CREATE PUBLICATION {}", quote_ident(publication))
-        } else {
-            format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(publication),
-                list.join(", ")
-            )
-        };
-        conn.simple_query(&sql).await?;
+        create_publication(&mut conn, publication, tables).await?;
         report.publication_created = true;
     } else if exists.first("all") != Some("true") {
-        let covered = conn
-            .simple_query(&format!(
-                "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
-                quote_literal(publication)
-            ))
-            .await?;
-        for table in tables {
-            let present = covered.rows.iter().any(|r| {
-                r.first().cloned().flatten().as_deref() == Some(table.schema.as_str())
-                    && r.get(1).cloned().flatten().as_deref() == Some(table.name.as_str())
-            });
-            if !present {
-                conn.simple_query(&format!(
-                    "ALTER PUBLICATION {} ADD TABLE {}",
-                    quote_ident(publication),
-                    qualified(table)
-                ))
-                .await?;
-                report.tables_added.push(table.to_string());
-            }
-        }
+        report.tables_added = add_missing_tables(&mut conn, publication, tables).await?;
     }
     match slot_info(&mut conn, slot).await? {
         Some(info) if info.plugin != "pgoutput" => {
@@ -150,6 +106,81 @@ pub async fn setup(
     }
     conn.close().await;
     Ok(report)
+}
+
+/// `"schema"."name"`.
+fn qualified(table: &TableName) -> String {
+    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name))
+}
+
+async fn check_tables_exist(conn: &mut ReplicationConnection, tables: &[TableName]) -> Result<(), StreamError> {
+    let mut missing = Vec::new();
+    for table in tables {
+        let found = conn
+            .simple_query(&format!(
+                "SELECT (to_regclass({}) IS NOT NULL)::text AS found",
+                quote_literal(&qualified(table))
+            ))
+            .await?;
+        if found.first("found") != Some("true") {
+            missing.push(table.to_string());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StreamError::TablesMissing(missing))
+    }
+}
+
+async fn create_publication(
+    conn: &mut ReplicationConnection,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), StreamError> {
+    let sql = if tables.is_empty() {
+        format!("CREATE PUBLICATION {}", quote_ident(publication))
+    } else {
+        let list: Vec<String> = tables.iter().map(qualified).collect();
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            list.join(", ")
+        )
+    };
+    conn.simple_query(&sql).await?;
+    Ok(())
+}
+
+/// Adds the tables an existing publication lacks; returns their names.
+async fn add_missing_tables(
+    conn: &mut ReplicationConnection,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<Vec<String>, StreamError> {
+    let covered = conn
+        .simple_query(&format!(
+            "SELECT schemaname::text AS s, tablename::text AS t FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?;
+    let mut added = Vec::new();
+    for table in tables {
+        let present = covered.rows.iter().any(|r| {
+            r.first().cloned().flatten().as_deref() == Some(table.schema.as_str())
+                && r.get(1).cloned().flatten().as_deref() == Some(table.name.as_str())
+        });
+        if !present {
+            conn.simple_query(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(publication),
+                qualified(table)
+            ))
+            .await?;
+            added.push(table.to_string());
+        }
+    }
+    Ok(added)
 }
 
 /// Double-quotes an identifier.

@@ -21,6 +21,10 @@ pub enum TlsError {
     Config(String),
     #[error("{0}")]
     Handshake(String),
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("connection to PostgreSQL lost: {0}")]
@@ -281,9 +285,8 @@ fn root_store(options: &TlsOptions) -> Result<rustls::RootCertStore, TlsError> {
 
 fn client_config(options: &TlsOptions) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Handshake(e.to_string()))?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let verify_chain = matches!(options.mode, SslMode::VerifyCa | SslMode::VerifyFull)
         || (options.mode == SslMode::Require && options.root_cert.is_some());
     let config = if !verify_chain {
@@ -296,9 +299,7 @@ fn client_config(options: &TlsOptions) -> Result<rustls::ClientConfig, TlsError>
         if options.mode == SslMode::VerifyFull {
             builder.with_root_certificates(roots).with_no_client_auth()
         } else {
-            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| TlsError::Handshake(e.to_string()))?;
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider).build()?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))

@@ -80,9 +80,8 @@ impl<'a> Cursor<'a> {
         Ok(Lsn(self.u64(what)?))
     }
 
-    /// A NUL-terminated string. Identifiers are valid in the server encoding; a lossy
-    /// placeholder keeps decoding going if one is not.
-    pub fn cstr(&mut self, what: &'static str) -> Result<&'a str, Truncated> {
+    /// The bytes of a NUL-terminated string, without the NUL.
+    pub fn cstr_bytes(&mut self, what: &'static str) -> Result<&'a [u8], Truncated> {
         let end = self
             .buf
             .iter()
@@ -90,6 +89,13 @@ impl<'a> Cursor<'a> {
             .ok_or(Truncated { what, needed: 1 })?;
         let bytes = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
+        Ok(bytes)
+    }
+
+    /// A NUL-terminated string. Identifiers are valid in the server encoding; a lossy
+    /// placeholder keeps decoding going if one is not.
+    pub fn cstr(&mut self, what: &'static str) -> Result<&'a str, Truncated> {
+        let bytes = self.cstr_bytes(what)?;
         Ok(std::str::from_utf8(bytes).unwrap_or("\u{fffd}"))
     }
 }

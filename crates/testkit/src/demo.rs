@@ -36,7 +36,13 @@ pub enum DemoError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("the daemon stopped: {0}")]
-    Daemon(String),
+    Daemon(#[source] BoxError),
+    #[error("the demo's reader: {0}")]
+    Reader(#[from] walbust_client::ClientError<tokio_postgres::Error>),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the daemon task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("cannot write: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -99,6 +105,9 @@ pub struct DemoDaemon {
     pub redis_url: String,
 }
 
+/// Why the daemon stopped, as the binary reports it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the daemon reports when it stops: transactions applied, batches.
 pub type DaemonSummary = (u64, u64);
 
@@ -108,7 +117,7 @@ pub type DaemonSummary = (u64, u64);
 pub async fn run<F, Fut>(out: &mut (dyn Write + Send), start_daemon: F) -> Result<(), DemoError>
 where
     F: FnOnce(DemoDaemon, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = Result<DaemonSummary, String>> + Send + 'static,
+    Fut: Future<Output = Result<DaemonSummary, BoxError>> + Send + 'static,
 {
     writeln!(
         out,
@@ -170,9 +179,7 @@ where
         Ok(Lsn::parse(text.trim()).unwrap_or_default())
     };
     // An application reader using walbust::client: product 1's JSON, versioned by its version key.
-    let (db, db_connection) = tokio_postgres::connect(&pg.url("catalog"), tokio_postgres::NoTls)
-        .await
-        .map_err(|e| DemoError::Other(format!("postgres: {e}")))?;
+    let (db, db_connection) = tokio_postgres::connect(&pg.url("catalog"), tokio_postgres::NoTls).await?;
     tokio::spawn(db_connection);
     let mut reader = walbust_client::CacheClient::connect(&redis.url(), "shop:").await?;
     let reader_entry = walbust_client::Entry {
@@ -190,10 +197,7 @@ where
     };
     for (i, (what, sql)) in STEPS.iter().enumerate() {
         let reader_before = if i == 0 {
-            reader
-                .get_or_load(&reader_entry, load_product)
-                .await
-                .map_err(|e| DemoError::Other(e.to_string()))?;
+            reader.get_or_load(&reader_entry, load_product).await?;
             let (key, cached) = reader.read(&reader_entry).await?;
             Some((key, cached.unwrap_or_default()))
         } else {
@@ -236,10 +240,7 @@ where
             writeln!(out, "   version keys: {}", bumped.join(", "))?;
         }
         if let Some((old_key, old_value)) = reader_before {
-            let (value, source) = reader
-                .get_or_load(&reader_entry, load_product)
-                .await
-                .map_err(|e| DemoError::Other(e.to_string()))?;
+            let (value, source) = reader.get_or_load(&reader_entry, load_product).await?;
             let (new_key, _) = reader.read(&reader_entry).await?;
             writeln!(
                 out,
@@ -263,7 +264,7 @@ where
             "walbust applied {transactions} transaction(s) in {batches} batch(es); cleaning up."
         )?,
         Ok(Err(e)) => return Err(DemoError::Daemon(e)),
-        Err(e) => return Err(DemoError::Daemon(e.to_string())),
+        Err(e) => return Err(DemoError::Task(e)),
     }
     let _ = std::fs::remove_dir_all(&rules_dir);
     drop(redis);

@@ -40,18 +40,32 @@ impl Batch {
         }
     }
 
-    /// Adds a committed transaction, keeping it whole when the batch retains transactions.
+    /// Adds a committed transaction, keeping it whole when the batch retains transactions;
+    /// otherwise its keys move into the batch without a copy.
     pub fn add_owned(&mut self, txn: PlannedTxn) {
-        self.add(&txn);
         if self.retain {
+            self.add(&txn);
             self.retained.push(txn);
+            return;
         }
+        self.add_commit(&txn);
+        let version = txn.commit.lsn.map(|l| l.0).unwrap_or(0);
+        self.delete.extend(txn.delete);
+        for key in txn.bump {
+            let v = self.bump.entry(key).or_default();
+            *v = (*v).max(version);
+        }
+        self.tags.extend(txn.tag_keys);
+        for (key, delay) in txn.redelete {
+            let entry = self.redelete.entry(key).or_default();
+            *entry = (*entry).max(delay);
+        }
+        self.delete_matching.extend(txn.delete_matching);
     }
 
     /// Adds a committed transaction.
     pub fn add(&mut self, txn: &PlannedTxn) {
-        self.transactions += 1;
-        self.changes += txn.changes;
+        self.add_commit(txn);
         for key in &txn.delete {
             if !self.delete.contains(key) {
                 self.delete.insert(key.clone());
@@ -80,6 +94,12 @@ impl Batch {
                 self.delete_matching.insert(key.clone());
             }
         }
+    }
+
+    /// What every transaction adds besides its keys: counts, announcements, position, time.
+    fn add_commit(&mut self, txn: &PlannedTxn) {
+        self.transactions += 1;
+        self.changes += txn.changes;
         if !txn.publish.is_empty() {
             let payload = serde_json::json!({
                 "lsn": txn.commit.lsn.map(|l| l.to_string()),
@@ -158,5 +178,32 @@ mod tests {
         assert_eq!(b.publish.len(), 3);
         assert_eq!(b.transactions, 3);
         assert_eq!(b.actions(), 2 + 2 + 3);
+    }
+
+    #[test]
+    fn moving_a_transaction_in_merges_like_adding_it() {
+        let txns = [
+            txn(100, &["k1", "k2"], &["v1"]),
+            txn(200, &["k1"], &["v1", "v2"]),
+            txn(150, &[], &["v1"]),
+        ];
+        let (mut added, mut moved) = (Batch::default(), Batch::default());
+        for t in &txns {
+            added.add(t);
+            moved.add_owned(t.clone());
+        }
+        assert_eq!(added.delete, moved.delete);
+        assert_eq!(added.bump, moved.bump);
+        assert_eq!(added.tags, moved.tags);
+        assert_eq!(added.publish, moved.publish);
+        assert_eq!(
+            (added.last_end, added.transactions),
+            (moved.last_end, moved.transactions)
+        );
+        assert!(moved.retained.is_empty());
+        let mut retaining = Batch::retaining();
+        retaining.add_owned(txns[0].clone());
+        assert_eq!(retaining.retained, vec![txns[0].clone()]);
+        assert_eq!(retaining.delete.len(), 2);
     }
 }

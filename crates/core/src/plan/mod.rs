@@ -18,7 +18,8 @@ mod batch;
 /// `((kind, key), names of the rules that produced it)`, sorted by kind and key.
 pub type Explanation = Vec<((ActionKind, String), Vec<String>)>;
 
-/// The deduplicated, sorted actions of one committed transaction.
+/// The deduplicated actions of one committed transaction, sorted unless the planner was
+/// made [`Planner::unsorted`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedTxn {
     pub commit: CommitInfo,
@@ -60,12 +61,15 @@ impl PlannedTxn {
     }
 }
 
-/// Closes the transaction in progress: its actions, sorted, as a [`PlannedTxn`]; `current` is
-/// left empty for the next one.
-fn take(current: &mut TxnPlan, commit: CommitInfo, rules: &RuleSet) -> PlannedTxn {
+/// Closes the transaction in progress: its actions as a [`PlannedTxn`] (sorted when `sort`,
+/// or when announcements carry them); `current` is left empty for the next one.
+fn take(current: &mut TxnPlan, commit: CommitInfo, rules: &RuleSet, sort: bool) -> PlannedTxn {
+    let sort = sort || !current.publish.is_empty();
     let sorted = |set: &mut HashSet<String>| {
         let mut v: Vec<String> = set.drain().collect();
-        v.sort_unstable();
+        if sort {
+            v.sort_unstable();
+        }
         v
     };
     let explain = current.explain.as_mut().map(|map| {
@@ -107,6 +111,8 @@ pub struct Planner {
     in_transaction: bool,
     /// Changes seen since the last Begin/Commit, for reporting an unterminated tail.
     open_xid: Option<u32>,
+    /// Sort each transaction's actions (for output people read; see [`Planner::unsorted`]).
+    sort: bool,
 }
 
 impl Planner {
@@ -120,7 +126,15 @@ impl Planner {
             current: TxnPlan::with_explain(explain),
             in_transaction: false,
             open_xid: None,
+            sort: true,
         }
+    }
+
+    /// Leaves each transaction's actions in no particular order: for the daemon, which merges
+    /// them into a batch at once, sorting would be work thrown away.
+    pub fn unsorted(mut self) -> Planner {
+        self.sort = false;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -150,7 +164,7 @@ impl Planner {
                 }
                 self.in_transaction = false;
                 self.open_xid = None;
-                Some(take(&mut self.current, info, self.engine.rules()))
+                Some(take(&mut self.current, info, self.engine.rules(), self.sort))
             }
             Event::Rollback => {
                 self.current.clear();

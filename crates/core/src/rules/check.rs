@@ -66,202 +66,234 @@ fn identity_name(ri: Option<ReplicaIdentity>) -> &'static str {
 pub fn check_against_schema(rules: &RuleSet, schema: &SchemaInfo) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     if schema.wal_level != "logical" {
-        out.push(Diagnostic {
-            severity: Severity::Error,
-            file: None,
-            pos: None,
-            field: Some("wal_level".into()),
-            message: format!(
+        out.push(global(
+            Severity::Error,
+            "wal_level",
+            format!(
                 "the server runs with wal_level = {}; logical decoding needs `ALTER SYSTEM SET wal_level = logical` and a restart",
                 schema.wal_level
             ),
-        });
+        ));
     }
     for rule in &rules.rules {
-        let at = format!("rule `{}`", rule.name);
-        let Some(table) = schema.tables.get(&rule.table) else {
-            out.push(diag(
+        match schema.tables.get(&rule.table) {
+            Some(table) => RuleCheck::new(rule, table, &mut out).run(schema.publication.as_ref()),
+            None => out.push(diag(
                 rule,
                 Severity::Error,
-                format!("{at}.table"),
+                format!("rule `{}`.table", rule.name),
                 format!(
                     "table {} does not exist in the database (names are case-sensitive)",
                     rule.table
                 ),
-            ));
-            continue;
-        };
-        let column_names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        let full = table.replica_identity == Some(ReplicaIdentity::Full);
-        let ident = identity_name(table.replica_identity);
-        let mut reported = BTreeSet::new();
-        let mut check_column = |out: &mut Vec<Diagnostic>, field: &str, column: &str| -> bool {
-            if column_names.contains(&column) {
-                return true;
-            }
-            if reported.insert(column.to_string()) {
-                let hint = did_you_mean(column, &column_names)
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
-                out.push(diag(
-                    rule,
-                    Severity::Error,
-                    format!("{at}.{field}"),
-                    format!("column `{column}` does not exist in {}{hint}", rule.table),
-                ));
-            }
-            false
-        };
-        for column in &rule.changed {
-            check_column(&mut out, "changed", column);
-        }
-        if !rule.changed.is_empty() && !full && rule.on.contains(Op::Update) {
-            let outside: Vec<&String> = rule
-                .changed
-                .iter()
-                .filter(|c| !table.identity_columns.contains(*c))
-                .collect();
-            if !outside.is_empty() {
-                out.push(diag(
-                    rule,
-                    Severity::Warning,
-                    format!("{at}.changed"),
-                    format!(
-                        "{} has REPLICA IDENTITY {ident}, so updates carry no old value of {}; `changed` cannot compare and the rule fires on every update; set REPLICA IDENTITY FULL to filter",
-                        rule.table,
-                        outside.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-        }
-        let has_fallback = rule.fallback.is_some();
-        for (kind, template) in rule.actions.templates() {
-            let field = kind.field();
-            for (image, column) in template.columns() {
-                if !check_column(&mut out, field, column) {
-                    continue;
-                }
-                let in_identity = table.identity_columns.contains(column);
-                if rule.on.contains(Op::Delete) && image != Image::New && !in_identity {
-                    let (severity, tail) = if has_fallback {
-                        (Severity::Warning, "the fallback will be applied on every delete")
-                    } else {
-                        (
-                            Severity::Error,
-                            "add a `fallback` to the rule or set REPLICA IDENTITY FULL",
-                        )
-                    };
-                    out.push(diag(
-                        rule,
-                        severity,
-                        format!("{at}.{field}"),
-                        format!(
-                            "`{}`: a DELETE on {} carries only its replica identity ({ident}), which does not include `{column}`; {tail}",
-                            template.source, rule.table
-                        ),
-                    ));
-                }
-                if rule.on.contains(Op::Update) && !full && !in_identity {
-                    match image {
-                        Image::Any => out.push(diag(
-                            rule,
-                            Severity::Warning,
-                            format!("{at}.{field}"),
-                            format!(
-                                "`{}`: updates of {} carry no old `{column}` (REPLICA IDENTITY {ident}), so old keys won't be invalidated when `{column}` changes (e.g. a move); set REPLICA IDENTITY FULL",
-                                template.source, rule.table
-                            ),
-                        )),
-                        Image::Old => out.push(diag(
-                            rule,
-                            if has_fallback { Severity::Warning } else { Severity::Error },
-                            format!("{at}.{field}"),
-                            format!(
-                                "`{}`: `{{old.{column}}}` is not carried by updates of {} (REPLICA IDENTITY {ident}); set REPLICA IDENTITY FULL{}",
-                                template.source,
-                                rule.table,
-                                if has_fallback { "" } else { " or add a `fallback`" }
-                            ),
-                        )),
-                        Image::New => {}
-                    }
-                }
-                let toastable = table.columns.iter().any(|c| c.name == column && c.toastable);
-                // Identity (key) columns are always small enough for an index entry, so they are
-                // never stored out of line; only other columns can arrive as unchanged TOAST.
-                if toastable && !full && !in_identity && rule.on.contains(Op::Update) && image != Image::Old {
-                    out.push(diag(
-                        rule,
-                        Severity::Warning,
-                        format!("{at}.{field}"),
-                        format!(
-                            "`{}` uses TOAST-able column `{column}`: an UPDATE that leaves a large `{column}` unchanged does not carry it, so the key cannot be rendered ({}); set REPLICA IDENTITY FULL or key on another column",
-                            template.source,
-                            if has_fallback { "the fallback is used" } else { "reported as unrenderable" }
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(publication) = &schema.publication {
-            if publication.exists && !publication.tables.contains(&rule.table) {
-                out.push(diag(
-                    rule,
-                    Severity::Error,
-                    format!("{at}.table"),
-                    format!(
-                        "{} is not in publication `{}`, so its changes never reach walbust; run `ALTER PUBLICATION \"{}\" ADD TABLE {}`",
-                        rule.table, publication.name, publication.name, rule.table
-                    ),
-                ));
-            }
-            if publication.exists {
-                for op in rule.on.iter() {
-                    if !publication.publishes.contains(&op) {
-                        out.push(diag(
-                            rule,
-                            Severity::Warning,
-                            format!("{at}.on"),
-                            format!(
-                                "publication `{}` does not publish {op}s, so this rule never sees them; set its `publish` option to include {op}",
-                                publication.name
-                            ),
-                        ));
-                    }
-                }
-            }
+            )),
         }
     }
     if let Some(publication) = &schema.publication {
-        if !publication.exists {
-            out.push(Diagnostic {
-                severity: Severity::Error,
-                file: None,
-                pos: None,
-                field: Some("--publication".into()),
-                message: format!(
-                    "publication `{}` does not exist; create it with `CREATE PUBLICATION \"{}\" FOR TABLE ...` (before the slot)",
-                    publication.name, publication.name
-                ),
-            });
-        }
-        let covered: BTreeSet<&TableName> = rules.rules.iter().map(|r| &r.table).collect();
-        for table in &publication.tables {
-            if !covered.contains(table) {
-                out.push(Diagnostic {
-                    severity: Severity::Warning,
-                    file: None,
-                    pos: None,
-                    field: Some("--publication".into()),
-                    message: format!(
-                        "table {table} is published in `{}` but no rule covers it; its changes invalidate nothing (add a rule or drop it from the publication)",
-                        publication.name
-                    ),
-                });
-            }
-        }
+        check_publication(rules, publication, &mut out);
     }
     out
+}
+
+/// A finding that belongs to no rule (the server, the publication).
+fn global(severity: Severity, field: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        severity,
+        file: None,
+        pos: None,
+        field: Some(field.into()),
+        message,
+    }
+}
+
+/// The publication exists, and every table it publishes has a rule.
+fn check_publication(rules: &RuleSet, publication: &PublicationInfo, out: &mut Vec<Diagnostic>) {
+    if !publication.exists {
+        out.push(global(
+            Severity::Error,
+            "--publication",
+            format!(
+                "publication `{}` does not exist; create it with `CREATE PUBLICATION \"{}\" FOR TABLE ...` (before the slot)",
+                publication.name, publication.name
+            ),
+        ));
+    }
+    let covered: BTreeSet<&TableName> = rules.rules.iter().map(|r| &r.table).collect();
+    for table in publication.tables.iter().filter(|t| !covered.contains(t)) {
+        out.push(global(
+            Severity::Warning,
+            "--publication",
+            format!(
+                "table {table} is published in `{}` but no rule covers it; its changes invalidate nothing (add a rule or drop it from the publication)",
+                publication.name
+            ),
+        ));
+    }
+}
+
+/// One rule against its table's facts.
+struct RuleCheck<'a> {
+    rule: &'a Rule,
+    table: &'a TableInfo,
+    out: &'a mut Vec<Diagnostic>,
+    /// `rule `name``, the start of every field path.
+    at: String,
+    column_names: Vec<&'a str>,
+    full: bool,
+    ident: &'static str,
+    /// Missing columns already reported (once per rule).
+    reported: BTreeSet<String>,
+}
+
+impl<'a> RuleCheck<'a> {
+    fn new(rule: &'a Rule, table: &'a TableInfo, out: &'a mut Vec<Diagnostic>) -> RuleCheck<'a> {
+        RuleCheck {
+            rule,
+            table,
+            out,
+            at: format!("rule `{}`", rule.name),
+            column_names: table.columns.iter().map(|c| c.name.as_str()).collect(),
+            full: table.replica_identity == Some(ReplicaIdentity::Full),
+            ident: identity_name(table.replica_identity),
+            reported: BTreeSet::new(),
+        }
+    }
+
+    fn push(&mut self, severity: Severity, field: &str, message: String) {
+        let field = format!("{}.{field}", self.at);
+        self.out.push(diag(self.rule, severity, field, message));
+    }
+
+    fn run(mut self, publication: Option<&PublicationInfo>) {
+        self.changed();
+        for (kind, template) in self.rule.actions.templates() {
+            for (image, column) in template.columns() {
+                if self.column_exists(kind.field(), column) {
+                    self.template_column(kind.field(), &template.source, image, column);
+                }
+            }
+        }
+        if let Some(publication) = publication.filter(|p| p.exists) {
+            self.publication(publication);
+        }
+    }
+
+    /// Reports a missing column once; true when it exists.
+    fn column_exists(&mut self, field: &str, column: &str) -> bool {
+        if self.column_names.contains(&column) {
+            return true;
+        }
+        if self.reported.insert(column.to_string()) {
+            let hint = did_you_mean(column, &self.column_names)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            let message = format!("column `{column}` does not exist in {}{hint}", self.rule.table);
+            self.push(Severity::Error, field, message);
+        }
+        false
+    }
+
+    /// `changed` columns exist, and updates carry their old values.
+    fn changed(&mut self) {
+        let rule = self.rule;
+        for column in &rule.changed {
+            self.column_exists("changed", column);
+        }
+        if rule.changed.is_empty() || self.full || !rule.on.contains(Op::Update) {
+            return;
+        }
+        let outside: Vec<String> = rule
+            .changed
+            .iter()
+            .filter(|c| !self.table.identity_columns.contains(*c))
+            .map(|c| format!("`{c}`"))
+            .collect();
+        if !outside.is_empty() {
+            let message = format!(
+                "{} has REPLICA IDENTITY {}, so updates carry no old value of {}; `changed` cannot compare and the rule fires on every update; set REPLICA IDENTITY FULL to filter",
+                rule.table,
+                self.ident,
+                outside.join(", ")
+            );
+            self.push(Severity::Warning, "changed", message);
+        }
+    }
+
+    /// Whether the operations the rule listens to carry `column` in the image it reads.
+    fn template_column(&mut self, field: &str, source: &str, image: Image, column: &str) {
+        let (rule, ident) = (self.rule, self.ident);
+        let has_fallback = rule.fallback.is_some();
+        let in_identity = self.table.identity_columns.contains(column);
+        if rule.on.contains(Op::Delete) && image != Image::New && !in_identity {
+            let (severity, tail) = if has_fallback {
+                (Severity::Warning, "the fallback will be applied on every delete")
+            } else {
+                (
+                    Severity::Error,
+                    "add a `fallback` to the rule or set REPLICA IDENTITY FULL",
+                )
+            };
+            let message = format!(
+                "`{source}`: a DELETE on {} carries only its replica identity ({ident}), which does not include `{column}`; {tail}",
+                rule.table
+            );
+            self.push(severity, field, message);
+        }
+        if rule.on.contains(Op::Update) && !self.full && !in_identity {
+            match image {
+                Image::Any => {
+                    let message = format!(
+                        "`{source}`: updates of {} carry no old `{column}` (REPLICA IDENTITY {ident}), so old keys won't be invalidated when `{column}` changes (e.g. a move); set REPLICA IDENTITY FULL",
+                        rule.table
+                    );
+                    self.push(Severity::Warning, field, message);
+                }
+                Image::Old => {
+                    let severity = if has_fallback {
+                        Severity::Warning
+                    } else {
+                        Severity::Error
+                    };
+                    let message = format!(
+                        "`{source}`: `{{old.{column}}}` is not carried by updates of {} (REPLICA IDENTITY {ident}); set REPLICA IDENTITY FULL{}",
+                        rule.table,
+                        if has_fallback { "" } else { " or add a `fallback`" }
+                    );
+                    self.push(severity, field, message);
+                }
+                Image::New => {}
+            }
+        }
+        let toastable = self.table.columns.iter().any(|c| c.name == column && c.toastable);
+        // Identity (key) columns are always small enough for an index entry, so they are
+        // never stored out of line; only other columns can arrive as unchanged TOAST.
+        if toastable && !self.full && !in_identity && rule.on.contains(Op::Update) && image != Image::Old {
+            let message = format!(
+                "`{source}` uses TOAST-able column `{column}`: an UPDATE that leaves a large `{column}` unchanged does not carry it, so the key cannot be rendered ({}); set REPLICA IDENTITY FULL or key on another column",
+                if has_fallback { "the fallback is used" } else { "reported as unrenderable" }
+            );
+            self.push(Severity::Warning, field, message);
+        }
+    }
+
+    /// The rule's table is published, with every operation it listens to.
+    fn publication(&mut self, publication: &PublicationInfo) {
+        let rule = self.rule;
+        if !publication.tables.contains(&rule.table) {
+            let message = format!(
+                "{} is not in publication `{}`, so its changes never reach walbust; run `ALTER PUBLICATION \"{}\" ADD TABLE {}`",
+                rule.table, publication.name, publication.name, rule.table
+            );
+            self.push(Severity::Error, "table", message);
+        }
+        for op in rule.on.iter().filter(|op| !publication.publishes.contains(op)) {
+            let message = format!(
+                "publication `{}` does not publish {op}s, so this rule never sees them; set its `publish` option to include {op}",
+                publication.name
+            );
+            self.push(Severity::Warning, "on", message);
+        }
+    }
 }
 
 /// Truncate warnings that do not need a database: rules on a table that don't list

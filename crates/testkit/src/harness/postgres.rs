@@ -1,62 +1,11 @@
-//! Throwaway PostgreSQL (`wal_level=logical`) and Redis servers on free ports in temp dirs,
-//! for tests, benchmarks and `walbust demo`. Never touches services already running on the
-//! machine. When run as root, PostgreSQL runs as the `postgres` OS user (it refuses root).
-//! Servers stop (and their directories are removed) on drop, also when a test panics.
+//! Throwaway PostgreSQL servers: finding the server binaries, initdb, pg_ctl start/stop/restart
+//! on a free port, psql, and running as the `postgres` OS user when run as root.
 
-use std::collections::HashSet;
+use super::{free_port, log_tail, unique_dir, HarnessError};
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
-    #[error("PostgreSQL server binaries not found (looked in $WALBUST_PG_BINDIR, `pg_config --bindir`, /usr/lib/postgresql/*/bin); install them with `apt-get install -y postgresql`")]
-    PgMissing,
-    #[error("redis-server not found on PATH; install it with `apt-get install -y redis-server`")]
-    RedisMissing,
-    #[error("running as root, but there is no `postgres` OS user to run PostgreSQL as (PostgreSQL refuses root); install the postgresql package or run as another user")]
-    NoPostgresUser,
-    #[error("{what} failed: {detail}")]
-    Command { what: String, detail: String },
-    #[error("{0} did not become ready in time; its log ends with:\n{1}")]
-    NotReady(String, String),
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A free TCP port on 127.0.0.1, never the same twice in this process.
-pub fn free_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        if port == 0 {
-            continue;
-        }
-        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.get_or_insert_with(HashSet::new).insert(port) {
-            return port;
-        }
-    }
-}
-
-fn unique_dir(kind: &str) -> Result<PathBuf, HarnessError> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("walbust-{kind}-{}-{n}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -103,12 +52,6 @@ fn find_pg_bindir() -> Option<PathBuf> {
         .collect();
     candidates.sort();
     candidates.pop().map(|(_, p)| p)
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Settings for a PostgreSQL instance.
@@ -195,26 +138,7 @@ impl PgInstance {
         if let Some(e) = last {
             return Err(e);
         }
-        // Some PostgreSQL builds restrict which libraries may be output plugins; allow the ones
-        // walbust's tests and sample captures use.
-        let restricted = pg.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'",
-        )?;
-        if restricted.trim() == "1" {
-            pg.psql(
-                "postgres",
-                "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf();",
-            )?;
-            // The reload is asynchronous: wait until new sessions see it.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if pg.psql("postgres", "SHOW output_plugin_libraries")?.trim() == "pgoutput, test_decoding, wal2json" {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        pg.allow_output_plugins()?;
         if let Some(pw) = pg.options.superuser_password.clone() {
             pg.psql(
                 "postgres",
@@ -222,6 +146,31 @@ impl PgInstance {
             )?;
         }
         Ok(pg)
+    }
+
+    /// Some PostgreSQL builds restrict which libraries may be output plugins; allow the ones
+    /// walbust's tests and sample captures use.
+    fn allow_output_plugins(&self) -> Result<(), HarnessError> {
+        let restricted = self.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'",
+        )?;
+        if restricted.trim() == "1" {
+            self.psql(
+                "postgres",
+                "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf();",
+            )?;
+            // The reload is asynchronous: wait until new sessions see it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if self.psql("postgres", "SHOW output_plugin_libraries")?.trim() == "pgoutput, test_decoding, wal2json"
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     fn command(&self, program: &str) -> Command {
@@ -431,303 +380,9 @@ fn shell_quote(v: &str) -> String {
     }
 }
 
-/// A running throwaway redis-server.
-pub struct RedisInstance {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-    extra_args: Vec<String>,
-}
-
-impl RedisInstance {
-    pub fn start() -> Result<RedisInstance, HarnessError> {
-        RedisInstance::start_with_args(&[])
-    }
-
-    /// With extra redis-server arguments (e.g. `--cluster-enabled yes`).
-    pub fn start_with_args(extra_args: &[&str]) -> Result<RedisInstance, HarnessError> {
-        let dir = unique_dir("redis")?;
-        let mut redis = RedisInstance {
-            dir,
-            port: 0,
-            child: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        let mut last = None;
-        for _ in 0..5 {
-            redis.port = free_port();
-            match redis.spawn() {
-                Ok(()) => return Ok(redis),
-                Err(e @ HarnessError::RedisMissing) => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(HarnessError::RedisMissing))
-    }
-
-    fn spawn(&mut self) -> Result<(), HarnessError> {
-        let log = self.dir.join("redis.log");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(&log)
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => HarnessError::RedisMissing,
-                _ => HarnessError::Io(e),
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(self.port) {
-                return Ok(());
-            }
-            if let Some(child) = &mut self.child {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        Err(HarnessError::NotReady(
-            format!("redis-server on port {}", self.port),
-            log_tail(&log),
-        ))
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// Kills the server but keeps its port and directory, for [`RedisInstance::restart`]
-    /// (simulates an outage).
-    pub fn stop_keep_port(&mut self) {
-        self.kill();
-    }
-
-    /// Kills and starts again on the same port (with an empty dataset).
-    pub fn restart(&mut self) -> Result<(), HarnessError> {
-        self.kill();
-        self.spawn()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn stop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for RedisInstance {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A throwaway Redis Cluster of `n` primaries (no replicas), created with `redis-cli --cluster`.
-pub struct RedisCluster {
-    pub nodes: Vec<RedisInstance>,
-}
-
-impl RedisCluster {
-    pub fn start(n: usize) -> Result<RedisCluster, HarnessError> {
-        let mut nodes = Vec::new();
-        for _ in 0..n {
-            nodes.push(RedisInstance::start_with_args(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-            ])?);
-        }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .map_err(|e| HarnessError::Command {
-                what: "redis-cli --cluster create".into(),
-                detail: format!("{e}; install redis-tools"),
-            })?;
-        if !out.status.success() {
-            return Err(HarnessError::Command {
-                what: "redis-cli --cluster create".into(),
-                detail: String::from_utf8_lossy(&out.stdout).into_owned(),
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for node in &nodes {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &node.port().to_string(), "cluster", "info"])
-                    .output()?;
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(HarnessError::NotReady(
-                        "redis cluster".into(),
-                        String::from_utf8_lossy(&info.stdout).into_owned(),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Ok(RedisCluster { nodes })
-    }
-
-    /// Seed URLs, comma-separated (walbust's cluster target syntax).
-    pub fn url(&self) -> String {
-        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
-    }
-}
-
-/// Test certificates made with `openssl`: a CA and a server certificate it signed for
-/// `subject_alt_name` (e.g. `IP:127.0.0.1` or `DNS:db.internal`). Returns the paths of
-/// (ca.crt, server.crt, server.key) inside `dir`.
-pub fn make_test_certs(dir: &Path, subject_alt_name: &str) -> Result<(PathBuf, PathBuf, PathBuf), HarnessError> {
-    let run = |args: &[&str]| -> Result<(), HarnessError> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| HarnessError::Command {
-                what: "openssl".into(),
-                detail: format!("{e}; install openssl"),
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(HarnessError::Command {
-                what: format!("openssl {}", args.first().unwrap_or(&"")),
-                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-            })
-        }
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=walbust test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ];
-    ca.extend(ec);
-    ca.extend([
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    run(&ca)?;
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=walbust test server",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ];
-    csr.extend(ec);
-    run(&csr)?;
-    std::fs::write(
-        dir.join("server.ext"),
-        format!("subjectAltName={subject_alt_name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-    )?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        "server.crt",
-        "-extfile",
-        "server.ext",
-    ])?;
-    Ok((dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key")))
-}
-
-/// Peak resident memory of this process in MB (`VmHWM`), for benchmarks.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn ping(port: u16) -> bool {
-    use std::io::Read;
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ports_are_not_handed_out_twice() {
-        let a = free_port();
-        let b = free_port();
-        assert_ne!(a, b);
-    }
 
     #[test]
     fn quoting_for_pg_ctl_options() {

@@ -1,0 +1,205 @@
+//! Throwaway redis-server instances on free ports (restartable, to simulate outages) and Redis
+//! Clusters of them.
+
+use super::{free_port, log_tail, unique_dir, HarnessError};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running throwaway redis-server.
+pub struct RedisInstance {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl RedisInstance {
+    pub fn start() -> Result<RedisInstance, HarnessError> {
+        RedisInstance::start_with_args(&[])
+    }
+
+    /// With extra redis-server arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with_args(extra_args: &[&str]) -> Result<RedisInstance, HarnessError> {
+        let dir = unique_dir("redis")?;
+        let mut redis = RedisInstance {
+            dir,
+            port: 0,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut last = None;
+        for _ in 0..5 {
+            redis.port = free_port();
+            match redis.spawn() {
+                Ok(()) => return Ok(redis),
+                Err(e @ HarnessError::RedisMissing) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(HarnessError::RedisMissing))
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let log = self.dir.join("redis.log");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => HarnessError::RedisMissing,
+                _ => HarnessError::Io(e),
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Err(HarnessError::NotReady(
+            format!("redis-server on port {}", self.port),
+            log_tail(&log),
+        ))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Kills the server but keeps its port and directory, for [`RedisInstance::restart`]
+    /// (simulates an outage).
+    pub fn stop_keep_port(&mut self) {
+        self.kill();
+    }
+
+    /// Kills and starts again on the same port (with an empty dataset).
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        self.spawn()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for RedisInstance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A throwaway Redis Cluster of `n` primaries (no replicas), created with `redis-cli --cluster`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisInstance>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> Result<RedisCluster, HarnessError> {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(RedisInstance::start_with_args(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| HarnessError::Command {
+                what: "redis-cli --cluster create".into(),
+                detail: format!("{e}; install redis-tools"),
+            })?;
+        if !out.status.success() {
+            return Err(HarnessError::Command {
+                what: "redis-cli --cluster create".into(),
+                detail: String::from_utf8_lossy(&out.stdout).into_owned(),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port().to_string(), "cluster", "info"])
+                    .output()?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(HarnessError::NotReady(
+                        "redis cluster".into(),
+                        String::from_utf8_lossy(&info.stdout).into_owned(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(RedisCluster { nodes })
+    }
+
+    /// Seed URLs, comma-separated (walbust's cluster target syntax).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+    }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
