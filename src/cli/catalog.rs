@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct DocsArgs {
-    #[arg(long, default_value = "rules")]
+    #[arg(long, default_value = crate::config::DEFAULT_RULES_PATH)]
     pub rules: PathBuf,
     /// Write to this file instead of standard output.
     #[arg(long)]
@@ -19,7 +19,7 @@ pub struct DocsArgs {
 
 #[derive(clap::Args)]
 pub struct ExplainArgs {
-    #[arg(long, default_value = "rules")]
+    #[arg(long, default_value = crate::config::DEFAULT_RULES_PATH)]
     pub rules: PathBuf,
     /// The cache key as it appears in Redis, e.g. shop:product:42
     pub key: String,

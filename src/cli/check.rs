@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct CheckArgs {
     /// Rules file or directory.
-    #[arg(long, default_value = "rules")]
+    #[arg(long, default_value = crate::config::DEFAULT_RULES_PATH)]
     pub rules: PathBuf,
     /// Also check against this database (libpq URL or key=value string).
     #[arg(long, env = "WALBUST_DB")]

@@ -12,7 +12,7 @@ use crate::rules::{self, Diagnostic, Severity};
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -29,6 +29,34 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Where the daemon's slot is: shared by `run` and `status`, which read the same configuration.
+#[derive(clap::Args)]
+pub struct SlotArgs {
+    /// Configuration file (TOML); settings also come from WALBUST_* variables and the flags.
+    #[arg(long, env = "WALBUST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// postgres.url
+    #[arg(long)]
+    pub db: Option<String>,
+    /// postgres.slot
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// postgres.publication
+    #[arg(long)]
+    pub publication: Option<String>,
+}
+
+impl SlotArgs {
+    fn overrides(self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            db: self.db,
+            slot: self.slot,
+            publication: self.publication,
+            ..Default::default()
+        }
+    }
 }
 
 /// Output format of the subcommands that print reports.
@@ -150,7 +178,7 @@ fn print_diagnostics(diagnostics: &[Diagnostic]) {
     }
 }
 
-const BUNDLED_RULES: &str = "rules";
+const BUNDLED_RULES: &str = crate::config::DEFAULT_RULES_PATH;
 const EMBEDDED_RULES: &str = include_str!("../../rules/catalog.yaml");
 
 /// Loads the rules at `path`, or `./rules`, or the bundled catalog rules. `None` when they have

@@ -1,7 +1,7 @@
 //! `walbust run`: the configuration resolved (file, environment, flags) and the daemon until
 //! SIGTERM or SIGINT.
 
-use super::runtime;
+use super::{runtime, SlotArgs};
 use crate::config::{Config, Overrides};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -9,18 +9,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Configuration file (TOML); settings also come from WALBUST_* variables and the flags below.
-    #[arg(long, env = "WALBUST_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// postgres.url
-    #[arg(long)]
-    pub db: Option<String>,
-    /// postgres.slot
-    #[arg(long)]
-    pub slot: Option<String>,
-    /// postgres.publication
-    #[arg(long)]
-    pub publication: Option<String>,
+    #[command(flatten)]
+    pub slot: SlotArgs,
     /// rules.path
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -38,13 +28,11 @@ pub struct RunArgs {
 impl RunArgs {
     fn overrides(self) -> Overrides {
         Overrides {
-            db: self.db,
-            slot: self.slot,
-            publication: self.publication,
             rules: self.rules,
             redis: self.redis,
             listen: self.listen,
             create_slot: self.create_slot,
+            ..self.slot.overrides()
         }
     }
 }
@@ -66,7 +54,7 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let file = args.config.clone();
+    let file = args.slot.config.clone();
     let config = Config::resolve(file.as_deref(), std::env::vars(), &args.overrides())?;
     let validated = config.validate()?;
     tracing::info!(config = ?validated.config, "starting walbust");

@@ -1,8 +1,8 @@
 //! The subcommands that talk to PostgreSQL without running the daemon: `record`, `setup` and
 //! `status`.
 
-use super::{load_rules, runtime, Format};
-use crate::config::{Config, Overrides};
+use super::{load_rules, runtime, Format, SlotArgs};
+use crate::config::Config;
 use crate::model::Lsn;
 use crate::rules;
 use crate::source::conn::ConnectOptions;
@@ -40,25 +40,19 @@ pub struct RecordArgs {
 pub struct SetupArgs {
     #[arg(long, env = "WALBUST_DB")]
     pub db: String,
-    #[arg(long, default_value = "walbust")]
+    #[arg(long, default_value = crate::config::DEFAULT_PUBLICATION)]
     pub publication: String,
-    #[arg(long, default_value = "walbust")]
+    #[arg(long, default_value = crate::config::DEFAULT_SLOT)]
     pub slot: String,
     /// Rules whose tables the publication must cover.
-    #[arg(long, default_value = "rules")]
+    #[arg(long, default_value = crate::config::DEFAULT_RULES_PATH)]
     pub rules: PathBuf,
 }
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    #[arg(long, env = "WALBUST_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub db: Option<String>,
-    #[arg(long)]
-    pub slot: Option<String>,
-    #[arg(long)]
-    pub publication: Option<String>,
+    #[command(flatten)]
+    pub slot: SlotArgs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -150,13 +144,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             "WALBUST_DB" | "WALBUST_POSTGRES_URL" | "WALBUST_SLOT" | "WALBUST_PUBLICATION"
         )
     });
-    let flags = Overrides {
-        db: args.db,
-        slot: args.slot,
-        publication: args.publication,
-        ..Overrides::default()
-    };
-    let config = Config::resolve(args.config.as_deref(), env, &flags)?;
+    let file = args.slot.config.clone();
+    let config = Config::resolve(file.as_deref(), env, &args.slot.overrides())?;
     if config.postgres.url.is_empty() {
         anyhow::bail!("no database given; pass --config walbust.toml, --db or WALBUST_DB");
     }

@@ -311,19 +311,17 @@ fn write_text(out: &mut dyn Write, txn: &PlannedTxn, explain: bool) -> io::Resul
     for channel in &txn.publish {
         writeln!(out, "  {:<16} {channel}", "publish")?;
     }
-    for note in &txn.fallbacks {
-        writeln!(
-            out,
-            "  {:<16} rule {} on {} {}: {}",
-            "FALLBACK", note.rule, note.op, note.table, note.reason
-        )?;
-    }
-    for note in &txn.unrenderable {
-        writeln!(
-            out,
-            "  {:<16} rule {} on {} {}: {} (no fallback: add one to the rule)",
-            "UNRENDERABLE", note.rule, note.op, note.table, note.reason
-        )?;
+    for (label, notes, tail) in [
+        ("FALLBACK", &txn.fallbacks, ""),
+        ("UNRENDERABLE", &txn.unrenderable, " (no fallback: add one to the rule)"),
+    ] {
+        for note in notes {
+            writeln!(
+                out,
+                "  {label:<16} rule {} on {} {}: {}{tail}",
+                note.rule, note.op, note.table, note.reason
+            )?;
+        }
     }
     Ok(())
 }
