@@ -27,7 +27,7 @@ impl Redeleter {
     /// Schedules the batch's `redelete_after` keys, each after its own delay.
     pub fn schedule(&self, batch: &Batch) {
         let mut by_delay: BTreeMap<Duration, Vec<String>> = BTreeMap::new();
-        for (key, delay) in &batch.redelete {
+        for (key, delay) in &batch.merged().redelete {
             by_delay.entry(*delay).or_default().push(key.clone());
         }
         let now = Instant::now();

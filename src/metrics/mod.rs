@@ -251,12 +251,13 @@ impl Metrics {
 
     /// A sink applied `batch`: its actions, by kind.
     pub fn applied(&self, target: &str, batch: &Batch) {
+        let actions = batch.merged();
         for (kind, n) in [
-            ("delete", batch.delete.len()),
-            ("bump", batch.bump.len()),
-            ("tags", batch.tags.len()),
-            ("delete_matching", batch.delete_matching.len()),
-            ("publish", batch.publish.len()),
+            ("delete", actions.delete.len()),
+            ("bump", actions.bump.len()),
+            ("tags", actions.tags.len()),
+            ("delete_matching", actions.delete_matching.len()),
+            ("publish", actions.publish.len()),
         ] {
             self.actions(kind, target, n as u64);
         }

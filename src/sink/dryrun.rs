@@ -87,7 +87,7 @@ impl<'w> Printer<'w> {
     }
 
     fn print(&mut self, batch: &Batch) -> io::Result<()> {
-        for txn in &batch.retained {
+        for txn in batch.retained() {
             self.summary.add(txn);
             if txn.has_output() {
                 match self.options.format {
@@ -96,7 +96,7 @@ impl<'w> Printer<'w> {
                 }
             }
         }
-        if batch.retained.is_empty() && !batch.is_empty() {
+        if batch.retained().is_empty() && !batch.is_empty() {
             let txn = merged(batch);
             self.summary.add(&txn);
             match self.options.format {
@@ -140,12 +140,13 @@ impl Sink for Printer<'_> {
 
 /// A batch's merged actions, sorted, as one planned transaction for printing.
 fn merged(batch: &Batch) -> PlannedTxn {
+    let actions = batch.merged();
     let sorted = |set: &std::collections::HashSet<String>| {
         let mut v: Vec<String> = set.iter().cloned().collect();
         v.sort_unstable();
         v
     };
-    let mut bump: Vec<String> = batch.bump.keys().cloned().collect();
+    let mut bump: Vec<String> = actions.bump.keys().cloned().collect();
     bump.sort_unstable();
     PlannedTxn {
         commit: CommitInfo {
@@ -155,13 +156,13 @@ fn merged(batch: &Batch) -> PlannedTxn {
             commit_time: None,
         },
         changes: batch.changes,
-        delete: sorted(&batch.delete),
+        delete: sorted(&actions.delete),
         bump,
-        tags: sorted(&batch.tags),
+        tags: sorted(&actions.tags),
         tag_keys: Vec::new(),
         redelete: Vec::new(),
-        delete_matching: sorted(&batch.delete_matching),
-        publish: batch.publish.iter().map(|(channel, _)| channel.clone()).collect(),
+        delete_matching: sorted(&actions.delete_matching),
+        publish: actions.publish.iter().map(|(channel, _)| channel.clone()).collect(),
         fallbacks: Vec::new(),
         unrenderable: Vec::new(),
         explain: None,

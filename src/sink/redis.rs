@@ -15,6 +15,7 @@ use super::{Batch, Sink, SinkFuture};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use std::time::Duration;
+use walbust_core::plan::Actions;
 
 /// Sets each version key to its value when the value is greater (compared as decimal
 /// integers without leading zeros: by length, then lexicographically — exact for any u64).
@@ -280,17 +281,18 @@ impl RedisTarget {
 
     /// Applies a batch. Idempotent; on error, applying the same batch again is correct.
     pub async fn apply(&mut self, batch: &Batch) -> Result<(), RedisError> {
+        let actions = batch.merged();
         let mut conn = self.connection().await?;
         if let Conn::Cluster(cluster) = &conn {
-            return self.apply_cluster(cluster.clone(), batch).await;
+            return self.apply_cluster(cluster.clone(), actions).await;
         }
         // Patterns first: SCAN needs its own round trips (rare; discouraged by `check`).
-        for pattern in &batch.delete_matching {
+        for pattern in &actions.delete_matching {
             self.delete_matching(&mut conn, pattern).await?;
         }
         // Tags (first chunk of each), deletes, bumps and announcements: one pipelined round trip.
-        let tags: Vec<&String> = batch.tags.iter().collect();
-        let Some(pipe) = self.pipeline(&tags, batch) else {
+        let tags: Vec<&String> = actions.tags.iter().collect();
+        let Some(pipe) = self.pipeline(&tags, actions) else {
             return Ok(());
         };
         // Only the tag scripts' replies are kept: how many members each removed.
@@ -337,7 +339,7 @@ impl RedisTarget {
 
     /// One pipeline for the batch's tags (first chunk each), deletes, bumps and announcements;
     /// `None` when there is nothing to send.
-    fn pipeline(&self, tags: &[&String], batch: &Batch) -> Option<redis::Pipeline> {
+    fn pipeline(&self, tags: &[&String], actions: &Actions) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
         for key in tags {
@@ -349,12 +351,12 @@ impl RedisTarget {
                 .arg(self.delete_command.name());
             commands += 1;
         }
-        let deletes: Vec<&String> = batch.delete.iter().collect();
+        let deletes: Vec<&String> = actions.delete.iter().collect();
         for chunk in deletes.chunks(CHUNK) {
             pipe.cmd(self.delete_command.name()).arg(chunk).ignore();
             commands += 1;
         }
-        let bumps: Vec<(&String, &u64)> = batch.bump.iter().collect();
+        let bumps: Vec<(&String, &u64)> = actions.bump.iter().collect();
         for chunk in bumps.chunks(CHUNK) {
             // EVAL (not EVALSHA): a restarted Redis has no script cache, and the script is short.
             let mut cmd = redis::cmd("EVAL");
@@ -368,7 +370,7 @@ impl RedisTarget {
             pipe.add_command(cmd).ignore();
             commands += 1;
         }
-        for (channel, payload) in &batch.publish {
+        for (channel, payload) in &actions.publish {
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             commands += 1;
         }
@@ -527,16 +529,16 @@ impl RedisTarget {
     async fn apply_cluster(
         &mut self,
         conn: redis::cluster_async::ClusterConnection,
-        batch: &Batch,
+        actions: &Actions,
     ) -> Result<(), RedisError> {
-        if !batch.delete_matching.is_empty() {
+        if !actions.delete_matching.is_empty() {
             return Err(self.err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "delete_matching is not supported on Redis Cluster targets (SCAN is per node); use tags or version keys",
             ))));
         }
         let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
-        for key in &batch.delete {
+        for key in &actions.delete {
             per_slot
                 .entry(key_slot(key.as_bytes()))
                 .or_default()
@@ -544,7 +546,7 @@ impl RedisTarget {
                 .arg(key)
                 .ignore();
         }
-        for (key, version) in &batch.bump {
+        for (key, version) in &actions.bump {
             per_slot
                 .entry(key_slot(key.as_bytes()))
                 .or_default()
@@ -556,7 +558,7 @@ impl RedisTarget {
                 .ignore();
         }
         self.run_pipelines(&conn, per_slot).await?;
-        for tag in &batch.tags {
+        for tag in &actions.tags {
             loop {
                 let mut c = conn.clone();
                 let r: redis::RedisResult<Vec<String>> =
@@ -581,7 +583,7 @@ impl RedisTarget {
                 self.finish(r)?;
             }
         }
-        for (channel, payload) in &batch.publish {
+        for (channel, payload) in &actions.publish {
             let mut c = conn.clone();
             let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                 .arg(channel)

@@ -1,14 +1,20 @@
 //! Batching across transactions: [`Batch`] merges committed transactions into one
-//! deduplicated set of actions (a key deleted by five transactions is deleted once; a version
-//! key keeps the highest LSN). A sink applies a batch as a whole.
+//! deduplicated set of [`Actions`] (a key deleted by five transactions is deleted once; a
+//! version key keeps the highest LSN). A sink applies a batch as a whole.
+//!
+//! A batch made with [`Batch::retaining`] keeps the transactions themselves (a printer shows
+//! each with its notes) and merges them only when a sink asks for [`Batch::merged`]; the daemon's
+//! batches merge as transactions arrive, moving their keys in without a copy.
 
 use super::PlannedTxn;
 use crate::model::{Lsn, Timestamp};
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-/// Actions of several committed transactions, deduplicated across them.
-#[derive(Debug, Default)]
-pub struct Batch {
+/// The deduplicated actions of a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Actions {
     pub delete: HashSet<String>,
     /// Version key → the highest commit LSN that bumps it.
     pub bump: HashMap<String, u64>,
@@ -16,39 +22,24 @@ pub struct Batch {
     pub tags: HashSet<String>,
     pub delete_matching: HashSet<String>,
     /// Keys to delete again after a delay (`redelete_after`), longest delay kept.
-    pub redelete: HashMap<String, std::time::Duration>,
+    pub redelete: HashMap<String, Duration>,
     /// `(channel, JSON payload)`, one per transaction and channel.
     pub publish: Vec<(String, String)>,
-    pub transactions: u64,
-    pub changes: u64,
-    /// End LSN of the last transaction: the position to acknowledge once applied.
-    pub last_end: Option<Lsn>,
-    /// Commit times, for the commit-to-applied latency.
-    pub commit_times: Vec<Timestamp>,
-    /// The planned transactions themselves, in commit order, when the batch was made with
-    /// [`Batch::retaining`] (a printer shows each with its notes); empty otherwise.
-    pub retained: Vec<PlannedTxn>,
-    retain: bool,
 }
 
-impl Batch {
-    /// A batch that also keeps each transaction as planned (see [`Batch::retained`]).
-    pub fn retaining() -> Batch {
-        Batch {
-            retain: true,
-            ..Batch::default()
-        }
+impl Actions {
+    /// Number of actions (keys, patterns, announcements).
+    pub fn len(&self) -> usize {
+        self.delete.len() + self.bump.len() + self.tags.len() + self.delete_matching.len() + self.publish.len()
     }
 
-    /// Adds a committed transaction, keeping it whole when the batch retains transactions;
-    /// otherwise its keys move into the batch without a copy.
-    pub fn add_owned(&mut self, txn: PlannedTxn) {
-        if self.retain {
-            self.add(&txn);
-            self.retained.push(txn);
-            return;
-        }
-        self.add_commit(&txn);
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Merges a transaction, moving its keys in.
+    fn merge_owned(&mut self, txn: PlannedTxn) {
+        self.announce(&txn);
         let version = txn.commit.lsn.map(|l| l.0).unwrap_or(0);
         self.delete.extend(txn.delete);
         for key in txn.bump {
@@ -63,14 +54,19 @@ impl Batch {
         self.delete_matching.extend(txn.delete_matching);
     }
 
-    /// Adds a committed transaction.
-    pub fn add(&mut self, txn: &PlannedTxn) {
-        self.add_commit(txn);
-        for key in &txn.delete {
-            if !self.delete.contains(key) {
-                self.delete.insert(key.clone());
+    /// Merges a transaction, copying the keys it does not have yet.
+    fn merge(&mut self, txn: &PlannedTxn) {
+        self.announce(txn);
+        let copy_new = |set: &mut HashSet<String>, keys: &[String]| {
+            for key in keys {
+                if !set.contains(key) {
+                    set.insert(key.clone());
+                }
             }
-        }
+        };
+        copy_new(&mut self.delete, &txn.delete);
+        copy_new(&mut self.tags, &txn.tag_keys);
+        copy_new(&mut self.delete_matching, &txn.delete_matching);
         let version = txn.commit.lsn.map(|l| l.0).unwrap_or(0);
         for key in &txn.bump {
             match self.bump.get_mut(key) {
@@ -80,39 +76,84 @@ impl Batch {
                 }
             }
         }
-        for key in &txn.tag_keys {
-            if !self.tags.contains(key) {
-                self.tags.insert(key.clone());
-            }
-        }
         for (key, delay) in &txn.redelete {
             let entry = self.redelete.entry(key.clone()).or_default();
             *entry = (*entry).max(*delay);
         }
-        for key in &txn.delete_matching {
-            if !self.delete_matching.contains(key) {
-                self.delete_matching.insert(key.clone());
-            }
+    }
+
+    /// One announcement per channel the transaction publishes to.
+    fn announce(&mut self, txn: &PlannedTxn) {
+        if txn.publish.is_empty() {
+            return;
+        }
+        let payload = serde_json::json!({
+            "lsn": txn.commit.lsn.map(|l| l.to_string()),
+            "commit_time": txn.commit.commit_time.map(|t| t.to_string()),
+            "delete": txn.delete,
+            "bump": txn.bump,
+            "tags": txn.tags,
+        })
+        .to_string();
+        for channel in &txn.publish {
+            self.publish.push((channel.clone(), payload.clone()));
+        }
+    }
+}
+
+/// Committed transactions on their way to the sinks, deduplicated across them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The merged actions (batches that do not retain transactions).
+    merged: Actions,
+    /// The planned transactions themselves, in commit order ([`Batch::retaining`]).
+    retained: Vec<PlannedTxn>,
+    /// `merged`, computed from `retained` on first use.
+    retained_merged: OnceLock<Actions>,
+    retain: bool,
+    pub transactions: u64,
+    pub changes: u64,
+    /// End LSN of the last transaction: the position to acknowledge once applied.
+    pub last_end: Option<Lsn>,
+    /// Commit times, for the commit-to-applied latency.
+    pub commit_times: Vec<Timestamp>,
+}
+
+impl Batch {
+    /// A batch that keeps each transaction as planned (see [`Batch::retained`]).
+    pub fn retaining() -> Batch {
+        Batch {
+            retain: true,
+            ..Batch::default()
         }
     }
 
-    /// What every transaction adds besides its keys: counts, announcements, position, time.
-    fn add_commit(&mut self, txn: &PlannedTxn) {
+    /// Adds a committed transaction: kept whole when the batch retains transactions, otherwise
+    /// merged with its keys moved in.
+    pub fn add_owned(&mut self, txn: PlannedTxn) {
+        self.count(&txn);
+        if self.retain {
+            self.retained_merged = OnceLock::new();
+            self.retained.push(txn);
+        } else {
+            self.merged.merge_owned(txn);
+        }
+    }
+
+    /// Adds a committed transaction, copying what it needs.
+    pub fn add(&mut self, txn: &PlannedTxn) {
+        if self.retain {
+            self.add_owned(txn.clone());
+        } else {
+            self.count(txn);
+            self.merged.merge(txn);
+        }
+    }
+
+    /// Counts, position and time: what every transaction adds besides its actions.
+    fn count(&mut self, txn: &PlannedTxn) {
         self.transactions += 1;
         self.changes += txn.changes;
-        if !txn.publish.is_empty() {
-            let payload = serde_json::json!({
-                "lsn": txn.commit.lsn.map(|l| l.to_string()),
-                "commit_time": txn.commit.commit_time.map(|t| t.to_string()),
-                "delete": txn.delete,
-                "bump": txn.bump,
-                "tags": txn.tags,
-            })
-            .to_string();
-            for channel in &txn.publish {
-                self.publish.push((channel.clone(), payload.clone()));
-            }
-        }
         if let Some(end) = txn.commit.end_lsn {
             self.last_end = Some(self.last_end.map_or(end, |l| l.max(end)));
         }
@@ -121,9 +162,29 @@ impl Batch {
         }
     }
 
+    /// The deduplicated actions of every transaction in the batch: what a sink applies.
+    pub fn merged(&self) -> &Actions {
+        if !self.retain {
+            return &self.merged;
+        }
+        self.retained_merged.get_or_init(|| {
+            let mut actions = Actions::default();
+            for txn in &self.retained {
+                actions.merge(txn);
+            }
+            actions
+        })
+    }
+
+    /// The transactions as planned, in commit order, when the batch was made with
+    /// [`Batch::retaining`]; empty otherwise.
+    pub fn retained(&self) -> &[PlannedTxn] {
+        &self.retained
+    }
+
     /// Number of actions (keys, patterns, announcements) in the batch.
     pub fn actions(&self) -> usize {
-        self.delete.len() + self.bump.len() + self.tags.len() + self.delete_matching.len() + self.publish.len()
+        self.merged().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,11 +232,11 @@ mod tests {
         b.add(&txn(100, &["k1", "k2"], &["v1"]));
         b.add(&txn(200, &["k1"], &["v1", "v2"]));
         b.add(&txn(150, &[], &["v1"]));
-        assert_eq!(b.delete.len(), 2);
-        assert_eq!(b.bump["v1"], 200);
-        assert_eq!(b.bump["v2"], 200);
+        assert_eq!(b.merged().delete.len(), 2);
+        assert_eq!(b.merged().bump["v1"], 200);
+        assert_eq!(b.merged().bump["v2"], 200);
         assert_eq!(b.last_end, Some(Lsn(208)));
-        assert_eq!(b.publish.len(), 3);
+        assert_eq!(b.merged().publish.len(), 3);
         assert_eq!(b.transactions, 3);
         assert_eq!(b.actions(), 2 + 2 + 3);
     }
@@ -192,18 +253,19 @@ mod tests {
             added.add(t);
             moved.add_owned(t.clone());
         }
-        assert_eq!(added.delete, moved.delete);
-        assert_eq!(added.bump, moved.bump);
-        assert_eq!(added.tags, moved.tags);
-        assert_eq!(added.publish, moved.publish);
+        assert_eq!(added.merged(), moved.merged());
         assert_eq!(
             (added.last_end, added.transactions),
             (moved.last_end, moved.transactions)
         );
-        assert!(moved.retained.is_empty());
+        assert!(moved.retained().is_empty());
         let mut retaining = Batch::retaining();
-        retaining.add_owned(txns[0].clone());
-        assert_eq!(retaining.retained, vec![txns[0].clone()]);
-        assert_eq!(retaining.delete.len(), 2);
+        for t in &txns {
+            retaining.add_owned(t.clone());
+        }
+        assert_eq!(retaining.retained(), &txns[..]);
+        // A sink that applies a retaining batch sees the same merged actions.
+        assert_eq!(retaining.merged(), moved.merged());
+        assert_eq!(retaining.last_end, moved.last_end);
     }
 }

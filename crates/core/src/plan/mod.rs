@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 pub use crate::rules::actions::{Note, TxnPlan};
-pub use batch::Batch;
+pub use batch::{Actions, Batch};
 
 mod batch;
 
