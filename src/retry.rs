@@ -10,21 +10,14 @@ pub struct Backoff {
     current: Duration,
     initial: Duration,
     max: Duration,
-    seed: u64,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
         Backoff {
             current: initial,
             initial,
             max,
-            seed,
         }
     }
 
@@ -35,16 +28,19 @@ impl Backoff {
 
     /// The delay to wait now.
     pub fn next_delay(&mut self) -> Duration {
-        // xorshift64: jitter only, no need for a cryptographic generator.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
         let base = self.current.as_millis() as u64;
-        let jitter = if base > 1 { self.seed % (base / 2 + 1) } else { 0 };
+        let jitter = if base > 1 { random() % (base / 2 + 1) } else { 0 };
         let delay = Duration::from_millis(base / 2 + jitter);
         self.current = (self.current * 2).min(self.max);
         delay
     }
+}
+
+/// A random number for jitter: the standard library's randomly keyed hasher, so there is no
+/// generator to seed or keep.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 #[cfg(test)]
