@@ -595,3 +595,60 @@ async fn create_slot_never_hides_a_gap_after_streaming() {
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
+
+/// Readiness on a quiet database: with the slot streaming and Redis answering, `/readyz` is
+/// 200 before any change arrives, and turns 503 when Redis stops answering (issue: durability,
+/// finding 8 — it used to wait for the first applied change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_on_an_idle_database_and_not_ready_without_redis() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let port = free_port();
+    let config = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"))
+        .validate()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(config, async {
+        let _ = stopped.await;
+    }));
+    let readyz = move || {
+        let out = http_get(port, "/readyz");
+        (out.starts_with("HTTP/1.1 200"), out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, out) = tokio::task::spawn_blocking(readyz)
+            .await
+            .unwrap_or((false, String::new()));
+        if ready {
+            assert!(
+                out.contains("replication_connected true") && out.contains("redis_reachable true"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready on an idle database within 10 s:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = redis.pid();
+    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ready, out) = tokio::task::spawn_blocking(readyz)
+            .await
+            .unwrap_or((true, String::new()));
+        if !ready {
+            assert!(out.contains("redis_reachable false"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready with Redis stopped:\n{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}

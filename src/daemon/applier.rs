@@ -82,12 +82,16 @@ async fn apply_loop(
     mut rx: tokio::sync::mpsc::Receiver<Batch>,
     context: ApplierContext,
 ) -> Vec<BoxSink> {
+    // Reachability is known from the start, not from the first applied change: an idle
+    // daemon with every target answering is ready.
+    ping_all(&mut sinks, &context.metrics, true).await;
     loop {
         let batch = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(_) => {
-                ping_all(&mut sinks, &context.metrics).await;
+                let warn = context.metrics.redis_ok();
+                ping_all(&mut sinks, &context.metrics, warn).await;
                 continue;
             }
         };
@@ -113,11 +117,24 @@ async fn apply_loop(
     sinks
 }
 
-async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics) {
+/// Pings every sink; the result is what `/readyz` reports as reachability. Failures are
+/// logged at WARN when `warn` (at startup, and once per outage), else at DEBUG.
+async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics, warn: bool) {
+    let mut all_answered = true;
     for sink in sinks.iter_mut() {
         if let Err(e) = sink.ping().await {
-            tracing::debug!(target = %sink.name(), error = %e, "idle ping failed");
+            all_answered = false;
+            if warn {
+                tracing::warn!(target = %sink.name(), error = %e, "target not reachable; changes will wait");
+            } else {
+                tracing::debug!(target = %sink.name(), error = %e, "target still not reachable");
+            }
         }
+    }
+    if all_answered {
+        metrics.redis_reached();
+    } else {
+        metrics.redis_unreachable();
     }
     record_epoch_resets(sinks, metrics);
 }

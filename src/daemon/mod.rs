@@ -93,7 +93,7 @@ pub async fn run(
     let progress = Arc::new(Progress::default());
     let metrics = Metrics::new(progress.clone());
     let http_task = start_http(&config, &metrics).await?;
-    let targets = startup::build_targets(&config, &rules).await?;
+    let targets = startup::build_targets(&config, &rules)?;
     let stats_task = tokio::spawn(slot_stats::poll(
         connect.clone(),
         cfg.postgres.slot.clone(),

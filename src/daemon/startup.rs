@@ -52,7 +52,7 @@ pub struct Targets {
     pub redelete: Vec<RedisTarget>,
 }
 
-pub async fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, DaemonError> {
+pub fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, DaemonError> {
     let cfg = &config.config;
     let redeletes = rules.rules.iter().any(|rule| rule.redelete_after.is_some());
     let mut targets = Targets {
@@ -76,10 +76,8 @@ pub async fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Target
                 },
             )
         };
-        let mut target = connect(ca.clone())?.with_epoch_key(&cfg.apply.epoch_key);
-        if let Err(e) = target.ping().await {
-            tracing::warn!(target = %target.name, error = %e, "redis not reachable yet; changes will wait");
-        }
+        // The applier pings it first thing (and logs when it does not answer).
+        let target = connect(ca.clone())?.with_epoch_key(&cfg.apply.epoch_key);
         targets.sinks.push(Box::new(target));
         if redeletes {
             targets.redelete.push(connect(ca)?);

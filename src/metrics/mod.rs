@@ -79,7 +79,7 @@ pub struct Metrics {
     epoch_bumps: Counter,
     epoch_resets: Counter,
     gauges: Gauges,
-    /// Whether the last apply reached every target.
+    /// Whether the last apply or ping reached every target.
     redis_ok: AtomicBool,
     /// One scrape at a time: the gauges are set from the live state just before encoding.
     scrape: Mutex<()>,
@@ -217,7 +217,7 @@ impl Metrics {
             ),
             (
                 "walbust_redis_reachable",
-                "1 when the last apply reached every target",
+                "1 when the last apply or idle ping reached every target",
                 &g.redis_reachable,
             ),
         ] {
@@ -273,9 +273,14 @@ impl Metrics {
         self.redis_ok.store(false, Ordering::Relaxed);
     }
 
-    /// Every target applied the last batch.
+    /// Every target applied the last batch, or answered the last ping.
     pub fn redis_reached(&self) {
         self.redis_ok.store(true, Ordering::Relaxed);
+    }
+
+    /// A target did not answer a ping.
+    pub fn redis_unreachable(&self) {
+        self.redis_ok.store(false, Ordering::Relaxed);
     }
 
     pub fn redis_ok(&self) -> bool {
