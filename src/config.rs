@@ -303,8 +303,9 @@ impl std::ops::Deref for Validated {
     }
 }
 
-/// Environment variables that only name where to find things (read by the command line).
-const ENV_NOT_CONFIGURATION: [&str; 2] = ["LOG_FORMAT", "CONFIG"];
+/// Environment variables that are not configuration: read by the command line, or a test
+/// failpoint (`WALBUST_FAILPOINT`, see `daemon::gap`).
+const ENV_NOT_CONFIGURATION: [&str; 3] = ["LOG_FORMAT", "CONFIG", "FAILPOINT"];
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -113,8 +113,11 @@ fn stream_across_a_dropped_slot(pg: &PgInstance, c: &mut redis::Connection) -> i
         );
         pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
     });
+    // Bumped before the slot is recreated and again after (the second covers what committed
+    // in between); the gap mark is cleared last.
     wait_until("epoch bumped", || {
-        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 1)
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() == Some(epoch + 2)
+            && !c.exists::<_, bool>("walbust:epoch:gap").unwrap()
     });
     pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
     wait_until("insert after the gap", || version(c, "t:ver:product:2").is_some());
@@ -651,4 +654,80 @@ async fn ready_on_an_idle_database_and_not_ready_without_redis() {
     let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
+}
+
+/// Gap recovery survives a crash at its most dangerous step (issue: durability, finding 2):
+/// the daemon stops right after recreating the slot, before the bump that covers the changes
+/// committed while it recreated it. The next start finds the gap mark, finishes the recovery
+/// (bumps again) before streaming, and clears the mark.
+#[test]
+fn a_crash_inside_gap_recovery_is_finished_at_the_next_start() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pg, rules.path(), &redis);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[apply]\n", "[apply]\non_gap = \"bump_epoch\"\n")).unwrap();
+    let mut c = conn(&redis);
+    let spawn = |log: &str, failpoint: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_walbust"));
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "walbust=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap());
+        if let Some(step) = failpoint {
+            command.env("WALBUST_FAILPOINT", step);
+        }
+        command.spawn().unwrap()
+    };
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+
+    let mut first = spawn("first.log", Some("gap:slot_recreated"));
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
+    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
+    wait_until("slot dropped", || {
+        let _ = pg.psql(
+            "app",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
+        );
+        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stop at the failpoint; log:\n{}",
+            log("first.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(86), "log:\n{}", log("first.log"));
+    // Stopped between the two bumps: the mark is there, the new slot too.
+    assert_eq!(c.get::<_, Option<i64>>("walbust:epoch").unwrap(), Some(epoch + 1));
+    assert!(c.exists::<_, bool>("walbust:epoch:gap").unwrap());
+    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
+
+    let mut second = spawn("second.log", None);
+    wait_until("the recovery finished at start", || {
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() >= Some(epoch + 2)
+            && !c.exists::<_, bool>("walbust:epoch:gap").unwrap()
+    });
+    assert!(
+        log("second.log").contains("did not finish"),
+        "the start says it finishes a recovery:\n{}",
+        log("second.log")
+    );
+    pg.psql("app", "INSERT INTO products VALUES (3, 1, 'c')").unwrap();
+    wait_until("streaming after the recovery", || {
+        version(&mut c, "t:ver:product:3").is_some()
+    });
+    second.kill().unwrap();
+    let _ = second.wait();
 }

@@ -6,14 +6,27 @@ use super::applier::BoxSink;
 use super::DaemonError;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
+use crate::sink::SinkFuture;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::slot::{create_slot, quote_literal};
 use crate::source::stream::StreamError;
 use std::time::Duration;
 
-/// Drops and recreates the slot, then bumps the epoch on every sink (retrying until each has,
-/// or shutdown is requested). The new slot starts now; bumping after its creation covers
-/// everything before it.
+/// Steps of the recovery a test can stop the process after (`WALBUST_FAILPOINT=gap:<step>`),
+/// to check that the next start finishes it.
+const FAILPOINT_ENV: &str = "WALBUST_FAILPOINT";
+
+/// Recovers from a gap, in an order that survives a crash at any step:
+///
+/// 1. mark the gap on every sink (kept in the target, so the next start sees it);
+/// 2. bump the epoch on every sink (readers stop trusting what they cached);
+/// 3. drop and recreate the slot (streaming continues from now);
+/// 4. bump again: the new slot starts after the first bump, so changes committed in between
+///    are covered only by this one;
+/// 5. clear the mark.
+///
+/// A start that finds a mark ([`resume_pending`]) runs the whole recovery again: recreating the
+/// slot once more loses nothing the last bump does not cover.
 pub async fn recover(
     connect: &ConnectOptions,
     slot: &str,
@@ -26,25 +39,107 @@ pub async fn recover(
         slot,
         "the slot's history has a gap; bumping the global epoch (on_gap = bump_epoch) and recreating the slot"
     );
+    let retry = Retry {
+        max_delay: retry_max_delay,
+        is_shutdown,
+    };
+    retry.each(sinks, "mark the gap", |s| s.mark_gap()).await?;
+    failpoint("gap:marked");
+    retry.each(sinks, "bump the epoch", bump).await?;
+    failpoint("gap:bumped");
     recreate_slot(connect, slot).await?;
+    failpoint("gap:slot_recreated");
+    retry.each(sinks, "bump the epoch", bump).await?;
+    failpoint("gap:bumped_again");
+    retry.each(sinks, "clear the gap mark", |s| s.clear_gap()).await?;
+    metrics.epoch_bump();
+    Ok(())
+}
+
+/// At startup, before streaming: a gap mark left by a recovery that did not finish (the process
+/// died in it) means the recovery runs again.
+pub async fn resume_pending(
+    connect: &ConnectOptions,
+    slot: &str,
+    sinks: &mut [BoxSink],
+    metrics: &Metrics,
+    retry_max_delay: Duration,
+    is_shutdown: &(dyn Fn() -> bool + Sync),
+) -> Result<(), DaemonError> {
+    let mut pending = Vec::new();
     for sink in sinks.iter_mut() {
         let mut backoff = Backoff::new(Duration::from_millis(50), retry_max_delay);
         loop {
-            match sink.bump_epoch().await {
-                Ok(epoch) => {
-                    tracing::warn!(target = %sink.name(), epoch = ?epoch, "global epoch bumped");
+            match sink.gap_pending().await {
+                Ok(found) => {
+                    if found {
+                        pending.push(sink.name().to_string());
+                    }
                     break;
                 }
                 Err(e) if is_shutdown() => return Err(DaemonError::EpochNotBumped(e)),
                 Err(e) => {
-                    tracing::warn!(target = %sink.name(), error = %e, "epoch bump failed; retrying");
+                    tracing::warn!(target = %sink.name(), error = %e, "cannot read the gap mark; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
     }
-    metrics.epoch_bump();
-    Ok(())
+    if pending.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(
+        targets = ?pending,
+        "a gap recovery did not finish before walbust stopped; finishing it before streaming"
+    );
+    recover(connect, slot, sinks, metrics, retry_max_delay, is_shutdown).await
+}
+
+fn bump(sink: &mut BoxSink) -> SinkFuture<'_, ()> {
+    Box::pin(async move {
+        let epoch = sink.bump_epoch().await?;
+        tracing::warn!(target = %sink.name(), epoch = ?epoch, "global epoch bumped");
+        Ok(())
+    })
+}
+
+/// Retries one step on every sink until it succeeds, or gives up at shutdown (the gap mark
+/// stays, so the next start finishes the recovery).
+struct Retry<'a> {
+    max_delay: Duration,
+    is_shutdown: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Retry<'_> {
+    async fn each(
+        &self,
+        sinks: &mut [BoxSink],
+        step: &str,
+        mut action: impl for<'s> FnMut(&'s mut BoxSink) -> SinkFuture<'s, ()>,
+    ) -> Result<(), DaemonError> {
+        for sink in sinks.iter_mut() {
+            let mut backoff = Backoff::new(Duration::from_millis(50), self.max_delay);
+            loop {
+                match action(sink).await {
+                    Ok(()) => break,
+                    Err(e) if (self.is_shutdown)() => return Err(DaemonError::EpochNotBumped(e)),
+                    Err(e) => {
+                        tracing::warn!(target = %sink.name(), error = %e, step, "gap recovery step failed; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends the process at a named step when `WALBUST_FAILPOINT` names it (tests of crash safety).
+fn failpoint(step: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == step) {
+        eprintln!("walbust: stopping at failpoint {step} ({FAILPOINT_ENV})");
+        std::process::exit(86);
+    }
 }
 
 async fn recreate_slot(connect: &ConnectOptions, slot: &str) -> Result<(), DaemonError> {

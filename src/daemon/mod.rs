@@ -93,14 +93,30 @@ pub async fn run(
     let progress = Arc::new(Progress::default());
     let metrics = Metrics::new(progress.clone());
     let http_task = start_http(&config, &metrics).await?;
-    let targets = startup::build_targets(&config, &rules)?;
+    let mut targets = startup::build_targets(&config, &rules)?;
+    let stop = Stop::watch(shutdown, cfg.shutdown_timeout);
+    let resumed = gap::resume_pending(
+        &connect,
+        &cfg.postgres.slot,
+        &mut targets.sinks,
+        &metrics,
+        cfg.apply.retry_max_delay,
+        &|| stop.requested(),
+    )
+    .await;
+    if let Err(e) = resumed {
+        stop.task.abort();
+        if let Some(t) = http_task {
+            t.abort();
+        }
+        return Err(e);
+    }
     let stats_task = tokio::spawn(slot_stats::poll(
         connect.clone(),
         cfg.postgres.slot.clone(),
         cfg.postgres.slot_stats_interval,
         metrics.clone(),
     ));
-    let stop = Stop::watch(shutdown, cfg.shutdown_timeout);
     let context = ApplierContext {
         progress: progress.clone(),
         metrics: metrics.clone(),

@@ -15,7 +15,9 @@
 //! * **Coarser, never narrower.** A sink that cannot perform an action exactly performs a
 //!   coarser one (more invalidated) or fails; it never skips an action silently.
 //! * **Gaps.** [`Sink::bump_epoch`] invalidates everything the target holds; the daemon calls it
-//!   when the slot's history has a gap (`on_gap = bump_epoch`).
+//!   when the slot's history has a gap (`on_gap = bump_epoch`). A sink with state keeps a gap
+//!   mark ([`Sink::mark_gap`]) from before the slot is touched until the bump, so a crash in
+//!   between is finished at the next start.
 //!
 //! To add a target: implement [`Sink`], build it from its configuration entry in
 //! `daemon::targets`, and test it against the real service (see docs/architecture.md).
@@ -56,6 +58,23 @@ pub trait Sink: Send {
     /// Invalidates everything the target holds (a gap in the slot's history); returns the new
     /// epoch where the target keeps one.
     fn bump_epoch(&mut self) -> SinkFuture<'_, Option<i64>>;
+
+    /// Records, in the target itself so it survives a crash of walbust, that a gap is being
+    /// recovered and not yet covered by [`Sink::bump_epoch`]. The default keeps nothing (for
+    /// sinks without state, such as the printer).
+    fn mark_gap(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether a gap recorded by [`Sink::mark_gap`] is still pending.
+    fn gap_pending(&mut self) -> SinkFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// The gap is covered: forget the mark.
+    fn clear_gap(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Round trips to the target since the last call (for metrics).
     fn take_round_trips(&mut self) -> u64 {

@@ -433,6 +433,14 @@ impl RedisTarget {
 /// The epoch key when none was configured (`apply.epoch_key`'s default).
 pub const DEFAULT_EPOCH_KEY: &str = "walbust:epoch";
 
+impl RedisTarget {
+    /// `<epoch key>:gap`: present while a gap is being recovered (see [`Sink::mark_gap`]).
+    fn gap_key(&self) -> String {
+        let epoch = self.epoch_key.as_deref().unwrap_or(DEFAULT_EPOCH_KEY);
+        format!("{epoch}:gap")
+    }
+}
+
 impl Sink for RedisTarget {
     fn name(&self) -> &str {
         &self.name
@@ -450,6 +458,37 @@ impl Sink for RedisTarget {
         Box::pin(async move {
             let key = self.epoch_key.clone().unwrap_or_else(|| DEFAULT_EPOCH_KEY.to_string());
             Ok(Some(RedisTarget::bump_epoch(self, &key).await?))
+        })
+    }
+
+    fn mark_gap(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async move {
+            let key = self.gap_key();
+            let mut conn = self.connection().await?;
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(crate::model::Timestamp::now().to_string())
+                .query_async(&mut conn)
+                .await;
+            Ok(self.finish(r)?)
+        })
+    }
+
+    fn gap_pending(&mut self) -> SinkFuture<'_, bool> {
+        Box::pin(async move {
+            let key = self.gap_key();
+            let mut conn = self.connection().await?;
+            let r: redis::RedisResult<bool> = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
+            Ok(self.finish(r)?)
+        })
+    }
+
+    fn clear_gap(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async move {
+            let key = self.gap_key();
+            let mut conn = self.connection().await?;
+            let r: redis::RedisResult<()> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            Ok(self.finish(r)?)
         })
     }
 
