@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod failpoint;
 pub mod metrics;
 pub mod retry;
 pub mod sink;

@@ -731,3 +731,51 @@ fn a_crash_inside_gap_recovery_is_finished_at_the_next_start() {
     second.kill().unwrap();
     let _ = second.wait();
 }
+
+/// An applier that fails ends the daemon with an error and a non-zero exit (issue: durability,
+/// finding 2): it used to hand back no targets, after which batches were "applied" to none.
+#[test]
+fn a_failed_applier_is_fatal() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pg, rules.path(), &redis);
+    let log = dir.path().join("walbust.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_walbust"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("WALBUST_FAILPOINT", "applier:panic")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let before = confirmed(&pg);
+    wait_until("streaming", || {
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walbust' AND active",
+        )
+        .map(|out| out.trim() == "1")
+        .unwrap_or(false)
+    });
+    for i in 1..=3 {
+        pg.psql("app", &format!("INSERT INTO products VALUES ({i}, 1, 'p')"))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after its applier failed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "exit {status:?}; log:\n{text}");
+    assert!(text.contains("apply task failed"), "log:\n{text}");
+    // Nothing it did not apply was acknowledged.
+    assert_eq!(confirmed(&pg), before);
+    let mut c = conn(&redis);
+    assert_eq!(version(&mut c, "t:ver:product:1"), None);
+}

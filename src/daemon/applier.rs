@@ -3,6 +3,7 @@
 //! the one place that does ([`Progress::mark_applied`]).
 
 use super::redelete::Redeleter;
+use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::model::Timestamp;
 use crate::retry::Backoff;
@@ -70,6 +71,17 @@ impl Applier {
         Applier { tx, task }
     }
 
+    /// Resolves when the task in `slot` ends by itself — it only ends when asked, so that is a
+    /// failure — and leaves `None` behind; pending while no task runs.
+    pub async fn ended(slot: &mut Option<Applier>) -> Result<(), ApplierFailed> {
+        let Some(applier) = slot else {
+            return std::future::pending().await;
+        };
+        let ended = (&mut applier.task).await;
+        *slot = None;
+        ended.map(|_| ()).map_err(ApplierFailed)
+    }
+
     /// Applies what was sent, then hands the sinks back.
     pub async fn finish(self) -> Result<Vec<BoxSink>, ApplierFailed> {
         drop(self.tx);
@@ -95,6 +107,9 @@ async fn apply_loop(
                 continue;
             }
         };
+        if failpoint::hit("applier:panic") {
+            panic!("failpoint applier:panic");
+        }
         if !apply_everywhere(&mut sinks, &batch, &context).await {
             tracing::warn!(
                 "shutdown timeout reached before every target applied a batch; it will be replayed on restart"

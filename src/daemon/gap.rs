@@ -4,6 +4,7 @@
 
 use super::applier::BoxSink;
 use super::DaemonError;
+use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::SinkFuture;
@@ -11,10 +12,6 @@ use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::slot::{create_slot, quote_literal};
 use crate::source::stream::StreamError;
 use std::time::Duration;
-
-/// Steps of the recovery a test can stop the process after (`WALBUST_FAILPOINT=gap:<step>`),
-/// to check that the next start finishes it.
-const FAILPOINT_ENV: &str = "WALBUST_FAILPOINT";
 
 /// Recovers from a gap, in an order that survives a crash at any step:
 ///
@@ -26,7 +23,8 @@ const FAILPOINT_ENV: &str = "WALBUST_FAILPOINT";
 /// 5. clear the mark.
 ///
 /// A start that finds a mark ([`resume_pending`]) runs the whole recovery again: recreating the
-/// slot once more loses nothing the last bump does not cover.
+/// slot once more loses nothing the last bump does not cover. Tests stop the process after each
+/// step with `WALBUST_FAILPOINT=gap:marked|gap:bumped|gap:slot_recreated|gap:bumped_again`.
 pub async fn recover(
     connect: &ConnectOptions,
     slot: &str,
@@ -44,13 +42,13 @@ pub async fn recover(
         is_shutdown,
     };
     retry.each(sinks, "mark the gap", |s| s.mark_gap()).await?;
-    failpoint("gap:marked");
+    failpoint::exit_at("gap:marked");
     retry.each(sinks, "bump the epoch", bump).await?;
-    failpoint("gap:bumped");
+    failpoint::exit_at("gap:bumped");
     recreate_slot(connect, slot).await?;
-    failpoint("gap:slot_recreated");
+    failpoint::exit_at("gap:slot_recreated");
     retry.each(sinks, "bump the epoch", bump).await?;
-    failpoint("gap:bumped_again");
+    failpoint::exit_at("gap:bumped_again");
     retry.each(sinks, "clear the gap mark", |s| s.clear_gap()).await?;
     metrics.epoch_bump();
     Ok(())
@@ -131,14 +129,6 @@ impl Retry<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Ends the process at a named step when `WALBUST_FAILPOINT` names it (tests of crash safety).
-fn failpoint(step: &str) {
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == step) {
-        eprintln!("walbust: stopping at failpoint {step} ({FAILPOINT_ENV})");
-        std::process::exit(86);
     }
 }
 

@@ -139,7 +139,8 @@ pub async fn run(
         stop,
     };
     let result = daemon.stream_loop().await;
-    let summary = daemon.finish(result.is_ok()).await;
+    let (summary, applier_failed) = daemon.finish(result.is_ok()).await;
+    let result = result.and(applier_failed.map_or(Ok(()), Err));
     stats_task.abort();
     if let Some(t) = http_task {
         t.abort();
@@ -252,7 +253,7 @@ impl Daemon {
             let deadline = self.batch_started.map(|t| t + self.config.apply.max_batch_delay);
             let flush_due = self.batch.actions() >= self.config.apply.max_batch_actions;
             if flush_due || deadline.is_some_and(|d| Instant::now() >= d) {
-                if !self.flush().await {
+                if !self.flush().await? {
                     return Ok(());
                 }
                 continue;
@@ -260,6 +261,10 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = self.stop.wait() => return Ok(()),
+                ended = Applier::ended(&mut self.applier) => {
+                    ended?;
+                    return Err(DaemonError::Internal("the apply task ended before shutdown"));
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
                 item = self.stream.recv() => match item {
                     Some(StreamItem::Events(events)) => self.on_events(&events),
@@ -278,15 +283,25 @@ impl Daemon {
         }
     }
 
-    /// Hands the batch to the applier; false when the applier or shutdown ended the wait.
-    async fn flush(&mut self) -> bool {
+    /// Hands the batch to the applier: `Ok(false)` when shutdown ended the wait, an error when
+    /// the applier is gone (it failed: nothing after the acknowledged position is lost, and the
+    /// daemon must not go on as if it applied).
+    async fn flush(&mut self) -> Result<bool, DaemonError> {
         let batch = std::mem::take(&mut self.batch);
         self.batch_started = None;
-        let Some(applier) = &self.applier else { return false };
-        tokio::select! {
+        let Some(applier) = &self.applier else { return Ok(false) };
+        let sent = tokio::select! {
             sent = applier.tx.send(batch) => sent.is_ok(),
-            _ = self.stop.wait() => false,
+            _ = self.stop.wait() => return Ok(false),
+        };
+        if sent || self.stop.requested() {
+            return Ok(sent);
         }
+        let Some(applier) = self.applier.take() else {
+            return Ok(false);
+        };
+        applier.finish().await?;
+        Err(DaemonError::Internal("the apply task ended before shutdown"))
     }
 
     fn on_events(&mut self, events: &[Event]) {
@@ -319,7 +334,7 @@ impl Daemon {
             return Err(DaemonError::Stream(e));
         }
         self.planner.push(&Event::Rollback);
-        if !self.batch.is_empty() && !self.flush().await {
+        if !self.batch.is_empty() && !self.flush().await? {
             return Ok(());
         }
         let Some(applier) = self.applier.take() else {
@@ -347,7 +362,7 @@ impl Daemon {
 
     /// Graceful end: apply what is in flight (bounded by the shutdown timeout), acknowledge,
     /// send the final status update.
-    async fn finish(mut self, clean: bool) -> RunSummary {
+    async fn finish(mut self, clean: bool) -> (RunSummary, Option<DaemonError>) {
         let timeout = self.stop.timeout;
         self.stop.give_up.arm(timeout);
         if clean && !self.batch.is_empty() {
@@ -356,9 +371,10 @@ impl Daemon {
                 let _ = tokio::time::timeout(timeout, applier.tx.send(batch)).await;
             }
         }
+        let mut failed = None;
         if let Some(applier) = self.applier.take() {
             match tokio::time::timeout(timeout + Duration::from_secs(1), applier.finish()).await {
-                Ok(Err(e)) => tracing::error!(error = %e, "apply task"),
+                Ok(Err(e)) => failed = Some(DaemonError::from(e)),
                 Err(_) => tracing::warn!("the apply task did not finish within the shutdown timeout"),
                 Ok(Ok(_)) => {}
             }
@@ -368,7 +384,7 @@ impl Daemon {
         self.stream.shutdown().await;
         self.stop.task.abort();
         self.summary.batches = self.context.metrics.batches();
-        self.summary
+        (self.summary, failed)
     }
 }
 
