@@ -56,6 +56,16 @@ pub struct ApplierContext {
 pub struct Applier {
     pub tx: tokio::sync::mpsc::Sender<Batch>,
     task: tokio::task::JoinHandle<Vec<BoxSink>>,
+    /// True while the task has a round trip in flight (applying a batch, or pinging).
+    busy: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What the daemon loop waits for from the applier.
+pub enum ApplierEvent {
+    /// The task has nothing in flight and nothing queued: a batch sent now goes out at once.
+    Idle,
+    /// The task ended by itself (a failure; it only ends when asked).
+    Ended(Result<(), ApplierFailed>),
 }
 
 /// The apply task ended abnormally; its sinks are gone with it.
@@ -67,19 +77,35 @@ impl Applier {
     pub fn start(sinks: Vec<BoxSink>, context: ApplierContext) -> Applier {
         // One batch applying, one waiting: bounded memory, overlap of planning and applying.
         let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(1);
-        let task = tokio::spawn(apply_loop(sinks, rx, context));
-        Applier { tx, task }
+        let (busy_tx, busy) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(apply_loop(sinks, rx, busy_tx, context));
+        Applier { tx, task, busy }
     }
 
-    /// Resolves when the task in `slot` ends by itself — it only ends when asked, so that is a
-    /// failure — and leaves `None` behind; pending while no task runs.
-    pub async fn ended(slot: &mut Option<Applier>) -> Result<(), ApplierFailed> {
+    /// Whether a batch sent now would go out at once: no round trip in flight, nothing queued.
+    /// Marks the current state seen, so [`Applier::next_event`] waits for the next change.
+    pub fn is_idle(&mut self) -> bool {
+        let busy = *self.busy.borrow_and_update();
+        !busy && self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    /// Waits for the task in `slot` to become idle (when `want_idle`) or to end by itself; an
+    /// ended task leaves `None` behind. Pending while no task runs.
+    pub async fn next_event(slot: &mut Option<Applier>, want_idle: bool) -> ApplierEvent {
         let Some(applier) = slot else {
             return std::future::pending().await;
         };
-        let ended = (&mut applier.task).await;
-        *slot = None;
-        ended.map(|_| ()).map_err(ApplierFailed)
+        tokio::select! {
+            ended = &mut applier.task => {
+                *slot = None;
+                ApplierEvent::Ended(ended.map(|_| ()).map_err(ApplierFailed))
+            }
+            changed = applier.busy.changed(), if want_idle => match changed {
+                Ok(()) => ApplierEvent::Idle,
+                // The task dropped its end: it is ending; the next wait sees how.
+                Err(_) => std::future::pending().await,
+            },
+        }
     }
 
     /// Applies what was sent, then hands the sinks back.
@@ -92,21 +118,25 @@ impl Applier {
 async fn apply_loop(
     mut sinks: Vec<BoxSink>,
     mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    busy: tokio::sync::watch::Sender<bool>,
     context: ApplierContext,
 ) -> Vec<BoxSink> {
     // Reachability is known from the start, not from the first applied change: an idle
     // daemon with every target answering is ready.
     ping_all(&mut sinks, &context.metrics, true).await;
     loop {
+        busy.send_replace(false);
         let batch = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(_) => {
+                busy.send_replace(true);
                 let warn = context.metrics.redis_ok();
                 ping_all(&mut sinks, &context.metrics, warn).await;
                 continue;
             }
         };
+        busy.send_replace(true);
         if failpoint::hit("applier:panic") {
             panic!("failpoint applier:panic");
         }

@@ -27,7 +27,7 @@ use crate::rules::eval::EngineOptions;
 use crate::sink::{Batch, SinkError};
 use crate::source::conn::ConnectOptions;
 use crate::source::stream::{Progress, Stream, StreamConfig, StreamError, StreamItem};
-use applier::{Applier, ApplierContext, ApplierFailed, GiveUp};
+use applier::{Applier, ApplierContext, ApplierEvent, ApplierFailed, GiveUp};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -245,14 +245,21 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Adaptive batching: committed transactions go to the applier at once when it has no round
+    /// trip in flight; while it has, they collect into the next batch, which goes when it is done
+    /// — or when the batch reaches `max_batch_actions` or has waited `max_batch_delay` (caps, so
+    /// a slow target cannot hold a batch back forever).
     async fn stream_loop(&mut self) -> Result<(), DaemonError> {
         loop {
             if self.stop.requested() {
                 return Ok(());
             }
+            let pending = !self.batch.is_empty();
             let deadline = self.batch_started.map(|t| t + self.config.apply.max_batch_delay);
-            let flush_due = self.batch.actions() >= self.config.apply.max_batch_actions;
-            if flush_due || deadline.is_some_and(|d| Instant::now() >= d) {
+            let flush_due = self.batch.actions() >= self.config.apply.max_batch_actions
+                || deadline.is_some_and(|d| Instant::now() >= d)
+                || (pending && self.applier.as_mut().is_some_and(Applier::is_idle));
+            if pending && flush_due {
                 if !self.flush().await? {
                     return Ok(());
                 }
@@ -261,10 +268,13 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = self.stop.wait() => return Ok(()),
-                ended = Applier::ended(&mut self.applier) => {
-                    ended?;
-                    return Err(DaemonError::Internal("the apply task ended before shutdown"));
-                }
+                event = Applier::next_event(&mut self.applier, pending) => match event {
+                    ApplierEvent::Idle => {}
+                    ApplierEvent::Ended(ended) => {
+                        ended?;
+                        return Err(DaemonError::Internal("the apply task ended before shutdown"));
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
                 item = self.stream.recv() => match item {
                     Some(StreamItem::Events(events)) => self.on_events(&events),
