@@ -63,32 +63,57 @@ fn pos_of(span: &Span) -> Pos {
     }
 }
 
+/// An open sequence or mapping: its items so far, where it starts, its anchor id, and how many
+/// nodes it holds so far (aliases counted as the nodes they copy).
 enum Frame {
-    Seq(Vec<Node>, Pos, usize),
-    Map(Vec<(Node, Node)>, Option<Node>, Pos, usize),
+    Seq(Vec<Node>, Pos, usize, usize),
+    Map(Vec<(Node, Node)>, Option<Node>, Pos, usize, usize),
 }
 
+/// The most nodes a rules document may expand to through aliases. A real rules file has a few
+/// thousand at most; nested aliases can otherwise ask for billions from a few hundred bytes.
+pub const MAX_NODES: usize = 100_000;
+
 /// Parses a single YAML document. An empty input gives a `Null` node. Anchors and aliases
-/// are resolved by copying the anchored node.
+/// are resolved by copying the anchored node, up to [`MAX_NODES`] nodes in all.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Anchor id → the node and how many nodes it holds.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
     let mut documents = 0usize;
     let mut root: Option<Node> = None;
+    let mut total = 0usize;
 
-    // Places a finished node into its parent (or makes it the root); returns the node's
-    // anchor bookkeeping to the caller through `anchors`.
-    fn place(stack: &mut [Frame], root: &mut Option<Node>, node: Node) {
+    // Places a finished node of `size` nodes into its parent (or makes it the root).
+    fn place(stack: &mut [Frame], root: &mut Option<Node>, node: Node, size: usize) {
         match stack.last_mut() {
-            Some(Frame::Seq(items, _, _)) => items.push(node),
-            Some(Frame::Map(entries, pending_key, _, _)) => match pending_key.take() {
-                Some(key) => entries.push((key, node)),
-                None => *pending_key = Some(node),
-            },
+            Some(Frame::Seq(items, _, _, count)) => {
+                *count += size;
+                items.push(node)
+            }
+            Some(Frame::Map(entries, pending_key, _, _, count)) => {
+                *count += size;
+                match pending_key.take() {
+                    Some(key) => entries.push((key, node)),
+                    None => *pending_key = Some(node),
+                }
+            }
             None => *root = Some(node),
         }
     }
+    let mut grow = |pos: Pos, size: usize| {
+        total = total.saturating_add(size);
+        if total > MAX_NODES {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "the document expands to more than {MAX_NODES} nodes through its aliases; write the repeated parts out or use fewer, smaller aliases"
+                ),
+            });
+        }
+        Ok(())
+    };
 
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| YamlError {
@@ -112,11 +137,16 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                 }
             }
             Event::Alias(id) => {
-                let node = anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                let size = anchors.get(&id).map(|(_, size)| *size).ok_or_else(|| YamlError {
                     pos,
                     message: "alias refers to an unknown anchor".into(),
                 })?;
-                place(&mut stack, &mut root, Node { pos, ..node });
+                // Counted before it is copied: a bomb stops here, not after the copy.
+                grow(pos, size)?;
+                if let Some((node, _)) = anchors.get(&id) {
+                    let node = Node { pos, ..node.clone() };
+                    place(&mut stack, &mut root, node, size);
+                }
             }
             Event::Scalar(value, style, anchor, _tag) => {
                 let plain = style == ScalarStyle::Plain;
@@ -129,28 +159,31 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                     }
                 };
                 let node = Node { kind, pos };
+                grow(pos, 1)?;
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, (node.clone(), 1));
                 }
-                place(&mut stack, &mut root, node);
+                place(&mut stack, &mut root, node, 1);
             }
-            Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(Vec::new(), pos, anchor)),
-            Event::MappingStart(anchor, _) => stack.push(Frame::Map(Vec::new(), None, pos, anchor)),
+            Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(Vec::new(), pos, anchor, 0)),
+            Event::MappingStart(anchor, _) => stack.push(Frame::Map(Vec::new(), None, pos, anchor, 0)),
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq(items, pos, anchor)) => (
+                let (node, anchor, inner) = match stack.pop() {
+                    Some(Frame::Seq(items, pos, anchor, count)) => (
                         Node {
                             kind: NodeKind::Seq(items),
                             pos,
                         },
                         anchor,
+                        count,
                     ),
-                    Some(Frame::Map(entries, _, pos, anchor)) => (
+                    Some(Frame::Map(entries, _, pos, anchor, count)) => (
                         Node {
                             kind: NodeKind::Map(entries),
                             pos,
                         },
                         anchor,
+                        count,
                     ),
                     None => {
                         return Err(YamlError {
@@ -159,10 +192,12 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                         })
                     }
                 };
+                grow(pos, 1)?;
+                let size = inner + 1;
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, (node.clone(), size));
                 }
-                place(&mut stack, &mut root, node);
+                place(&mut stack, &mut root, node, size);
             }
         }
     }
@@ -175,6 +210,29 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alias_bombs_stop_at_the_node_limit_quickly() {
+        // a0 is 10 nodes; each level repeats the one below 10 times: 10^9 nodes if expanded.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..=9 {
+            let prev = level - 1;
+            let items = vec![format!("*a{prev}"); 10].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("more than 100000 nodes"), "{err:?}");
+        assert!(err.pos.line >= 4, "names where it happened: {err:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Ordinary aliases still work.
+        let doc = parse("base: &b {on: [insert]}\nother: *b\n").unwrap();
+        assert!(matches!(doc.kind, NodeKind::Map(ref e) if e.len() == 2));
+    }
 
     #[test]
     fn positions_are_one_based() {
