@@ -22,6 +22,10 @@ pub struct TestDecodingReader {
     line: u64,
     record: String,
     relations: RelationCache,
+    /// A line read ahead that starts the next record (after an unclosed quote).
+    pushed_back: Option<String>,
+    /// The last line read ended in `\r\n`; inside a quoted value the `\r` is part of it.
+    last_cr: bool,
 }
 
 /// A parse failure inside one record.
@@ -167,6 +171,8 @@ impl TestDecodingReader {
             line: 0,
             record: String::with_capacity(1024),
             relations: RelationCache::default(),
+            pushed_back: None,
+            last_cr: false,
         }
     }
 
@@ -180,7 +186,10 @@ impl TestDecodingReader {
 
     /// Appends the next line (without its line ending) to `self.record`; false at EOF.
     fn read_line(&mut self) -> Result<bool, SampleError> {
-        let before = self.record.len();
+        if let Some(line) = self.pushed_back.take() {
+            self.record.push_str(&line);
+            return Ok(true);
+        }
         let n = self
             .input
             .read_line(&mut self.record)
@@ -189,13 +198,35 @@ impl TestDecodingReader {
             return Ok(false);
         }
         self.line += 1;
+        self.last_cr = false;
         if self.record.ends_with('\n') {
             self.record.pop();
             if self.record.ends_with('\r') {
                 self.record.pop();
+                self.last_cr = true;
             }
         }
-        debug_assert!(self.record.len() >= before);
+        Ok(true)
+    }
+
+    /// Continues a record whose quoted value is still open with the next line. Returns false at
+    /// the end of the input, or when the next line starts a new record: then the open quote was
+    /// never closed, and that line is kept for the next record.
+    fn continue_record(&mut self) -> Result<bool, SampleError> {
+        // The line ending inside a quoted value is part of the value.
+        if self.last_cr {
+            self.record.push('\r');
+        }
+        self.record.push('\n');
+        let start = self.record.len();
+        if !self.read_line()? {
+            return Ok(false);
+        }
+        if starts_record(&self.record[start..]) {
+            self.pushed_back = Some(self.record[start..].to_string());
+            self.record.truncate(start);
+            return Ok(false);
+        }
         Ok(true)
     }
 
@@ -291,6 +322,29 @@ impl TestDecodingReader {
     }
 }
 
+/// Whether a line starts a test_decoding record: `BEGIN <xid>`, `COMMIT <xid>…`, or
+/// `table <name>: <OP>:`. A continuation line of a quoted value that looks exactly like one is
+/// taken for one: the open quote is then reported as never closed, instead of the value
+/// swallowing the rest of the file.
+fn starts_record(line: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = line.strip_prefix("BEGIN ") {
+        return digits(rest.trim_end());
+    }
+    if let Some(rest) = line.strip_prefix("COMMIT ") {
+        return digits(rest.split(' ').next().unwrap_or(""));
+    }
+    let Some(rest) = line.strip_prefix("table ") else {
+        return false;
+    };
+    match qualified_name(rest) {
+        Ok((_, _, rest)) => ["INSERT:", "UPDATE:", "DELETE:", "TRUNCATE:"]
+            .iter()
+            .any(|op| rest.strip_prefix(": ").is_some_and(|r| r.starts_with(op))),
+        Err(_) => false,
+    }
+}
+
 fn truncate_event(relations: Vec<std::sync::Arc<crate::model::Relation>>, flags: &str) -> Event {
     Event::Change(Change::Truncate(Truncate {
         relations,
@@ -377,13 +431,24 @@ impl EventSource for TestDecodingReader {
                     Ok(Some(event)) => return Ok(Some(event)),
                     Ok(None) => break,
                     Err(Bad::Incomplete) => {
-                        // A quoted value continues on the next line.
-                        self.record.push('\n');
-                        if !self.read_line()? {
-                            return Err(self.error(
-                                start_line,
-                                "the sample ends inside a quoted value that starts on this line; the file was cut short".into(),
-                            ));
+                        // A quoted value continues on the next lines; it can only close on a
+                        // line with a quote, so lines without one are not parsed again (a long
+                        // value stays linear).
+                        loop {
+                            if !self.continue_record()? {
+                                let message = match &self.pushed_back {
+                                    Some(_) => format!(
+                                        "a quoted value that starts on this line is not closed before line {}, which starts a new record; this record is skipped",
+                                        self.line
+                                    ),
+                                    None => "the sample ends inside a quoted value that starts on this line; the file was cut short".into(),
+                                };
+                                return Err(self.error(start_line, message));
+                            }
+                            let last_line = self.record.rsplit('\n').next().unwrap_or("");
+                            if last_line.contains('\'') {
+                                break;
+                            }
                         }
                     }
                     Err(Bad::Expected(what, found)) => {
@@ -568,6 +633,52 @@ mod tests {
         assert!(err.starts_with("s.txt:1:") && err.contains("cut short"), "{err}");
         let out = read_all("COMMIT x\n");
         assert!(out[0].is_err());
+    }
+
+    #[test]
+    fn an_unclosed_quote_does_not_swallow_the_rest() {
+        let mut text = String::from("BEGIN 1\ntable public.t: INSERT: v[text]:'trunc\nCOMMIT 1\n");
+        for i in 2..=300 {
+            text.push_str(&format!(
+                "BEGIN {i}\ntable public.t: INSERT: id[integer]:{i}\nCOMMIT {i}\n"
+            ));
+        }
+        let out = read_all(&text);
+        let errs: Vec<String> = out
+            .iter()
+            .filter_map(|e| e.as_ref().err())
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("s.txt:2:") && errs[0].contains("not closed before line 3"),
+            "{}",
+            errs[0]
+        );
+        let commits = out.iter().filter(|e| matches!(e, Ok(Event::Commit(_)))).count();
+        assert_eq!(commits, 300);
+    }
+
+    #[test]
+    fn a_long_multiline_value_is_read_in_linear_time() {
+        let lines = 40_000;
+        let value = vec!["some text"; lines].join("\n");
+        let text = format!("BEGIN 1\ntable public.t: INSERT: v[text]:'{value}' id[integer]:1\nCOMMIT 1\n");
+        let started = std::time::Instant::now();
+        let ev = events(&text);
+        assert_eq!(row(&ev[1]).new.as_ref().unwrap()[0], t(&value));
+        // Quadratic re-parsing took tens of seconds here.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn carriage_returns_inside_values_are_kept() {
+        let ev = events("table public.t: INSERT: v[text]:'a\r\nb' id[integer]:1\r\n");
+        assert_eq!(row(&ev[0]).new.as_ref().unwrap()[0], t("a\r\nb"));
     }
 
     proptest::proptest! {
