@@ -108,18 +108,13 @@ pub async fn setup(
     Ok(report)
 }
 
-/// `"schema"."name"`.
-fn qualified(table: &TableName) -> String {
-    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name))
-}
-
 async fn check_tables_exist(conn: &mut ReplicationConnection, tables: &[TableName]) -> Result<(), StreamError> {
     let mut missing = Vec::new();
     for table in tables {
         let found = conn
             .simple_query(&format!(
                 "SELECT (to_regclass({}) IS NOT NULL)::text AS found",
-                quote_literal(&qualified(table))
+                quote_literal(&table.quoted())
             ))
             .await?;
         if found.first("found") != Some("true") {
@@ -141,7 +136,7 @@ async fn create_publication(
     let sql = if tables.is_empty() {
         format!("CREATE PUBLICATION {}", quote_ident(publication))
     } else {
-        let list: Vec<String> = tables.iter().map(qualified).collect();
+        let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
         format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
             quote_ident(publication),
@@ -174,7 +169,7 @@ async fn add_missing_tables(
             conn.simple_query(&format!(
                 "ALTER PUBLICATION {} ADD TABLE {}",
                 quote_ident(publication),
-                qualified(table)
+                table.quoted()
             ))
             .await?;
             added.push(table.to_string());
@@ -183,10 +178,7 @@ async fn add_missing_tables(
     Ok(added)
 }
 
-/// Double-quotes an identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use crate::rules::quote_ident;
 
 /// Single-quotes a literal.
 pub fn quote_literal(text: &str) -> String {

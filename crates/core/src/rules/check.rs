@@ -5,7 +5,7 @@
 use crate::model::{Op, ReplicaIdentity};
 use crate::rules::load::did_you_mean;
 use crate::rules::template::Image;
-use crate::rules::{Diagnostic, Rule, RuleSet, Severity, TableName};
+use crate::rules::{quote_ident, Diagnostic, Rule, RuleSet, Severity, TableName};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the database says about one table.
@@ -113,8 +113,9 @@ fn check_publication(rules: &RuleSet, publication: &PublicationInfo, out: &mut V
             Severity::Error,
             "--publication",
             format!(
-                "publication `{}` does not exist; create it with `CREATE PUBLICATION \"{}\" FOR TABLE ...` (before the slot)",
-                publication.name, publication.name
+                "publication `{}` does not exist; create it with `CREATE PUBLICATION {} FOR TABLE ...` (before the slot)",
+                publication.name,
+                quote_ident(&publication.name)
             ),
         ));
     }
@@ -281,8 +282,11 @@ impl<'a> RuleCheck<'a> {
         let rule = self.rule;
         if !publication.tables.contains(&rule.table) {
             let message = format!(
-                "{} is not in publication `{}`, so its changes never reach walbust; run `ALTER PUBLICATION \"{}\" ADD TABLE {}`",
-                rule.table, publication.name, publication.name, rule.table
+                "{} is not in publication `{}`, so its changes never reach walbust; run `ALTER PUBLICATION {} ADD TABLE {}`",
+                rule.table,
+                publication.name,
+                quote_ident(&publication.name),
+                rule.table.quoted()
             );
             self.push(Severity::Error, "table", message);
         }
@@ -423,6 +427,12 @@ mod tests {
         );
         assert!(msgs.iter().any(|m| m.contains("TOAST-able")), "{msgs:?}");
         assert!(msgs.iter().any(|m| m.contains("not in publication")), "{msgs:?}");
+        // Suggested SQL runs as printed: identifiers quoted.
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("`ALTER PUBLICATION \"pub\" ADD TABLE \"public\".\"products\"`")),
+            "{msgs:?}"
+        );
         assert!(msgs.iter().any(|m| m.contains("public.other is published")), "{msgs:?}");
     }
 }

@@ -100,6 +100,18 @@ impl TableName {
     }
 }
 
+impl TableName {
+    /// `"schema"."name"`: the name as SQL, runnable as printed whatever its case or characters.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// Double-quotes an SQL identifier (doubling any `"` inside).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)
