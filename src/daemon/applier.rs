@@ -7,7 +7,7 @@ use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::model::Timestamp;
 use crate::retry::Backoff;
-use crate::sink::{Batch, Sink};
+use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 use crate::source::stream::Progress;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -197,10 +197,21 @@ async fn apply_everywhere(sinks: &mut [BoxSink], batch: &Batch, context: &Applie
     let mut done = vec![false; sinks.len()];
     let mut backoff = Backoff::new(RETRY_INITIAL_DELAY, context.retry_max_delay);
     loop {
-        for (sink, done) in sinks.iter_mut().zip(done.iter_mut()).filter(|(_, d)| !**d) {
-            match sink.apply(batch).await {
+        // Every target that still needs the batch gets it at the same time: with several
+        // targets a batch takes the slowest round trip, not their sum.
+        let applying: Vec<(usize, SinkFuture<'_, ()>)> = sinks
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !done[*i])
+            .map(|(i, sink)| (i, sink.apply(batch)))
+            .collect();
+        let (indices, futures): (Vec<usize>, Vec<_>) = applying.into_iter().unzip();
+        let results = join_all(futures).await;
+        for (i, result) in indices.into_iter().zip(results) {
+            let sink = &mut sinks[i];
+            match result {
                 Ok(()) => {
-                    *done = true;
+                    done[i] = true;
                     metrics.applied(sink.name(), batch);
                 }
                 Err(e) => {
@@ -219,5 +230,60 @@ async fn apply_everywhere(sinks: &mut [BoxSink], batch: &Batch, context: &Applie
             return false;
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Runs the futures concurrently on this task and returns their results in order.
+async fn join_all<'a, T>(mut futures: Vec<SinkFuture<'a, T>>) -> Vec<Result<T, SinkError>> {
+    let mut results: Vec<Option<Result<T, SinkError>>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, result) in futures.iter_mut().zip(results.iter_mut()) {
+            if result.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *result = Some(r),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn join_all_runs_together_and_keeps_the_order() {
+        let started = std::time::Instant::now();
+        let futures: Vec<SinkFuture<'static, u32>> = (0..3u32)
+            .map(|i| -> SinkFuture<'static, u32> {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if i == 1 {
+                        Err(SinkError::Io(std::io::Error::other("target 1 down")))
+                    } else {
+                        Ok(i)
+                    }
+                })
+            })
+            .collect();
+        let results = join_all(futures).await;
+        // Concurrently: about one sleep, not three.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(results[0], Ok(0)));
+        assert!(results[1].is_err());
+        assert!(matches!(results[2], Ok(2)));
     }
 }
