@@ -452,10 +452,20 @@ impl Config {
         for (field, value) in [
             ("apply.max_batch_actions", self.apply.max_batch_actions),
             ("rules.max_keys_per_transaction", self.rules.max_keys_per_transaction),
-            ("apply.buffer_batches", self.apply.buffer_batches),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        // Zero would mean a timer that never waits: a busy loop against the server.
+        for (field, value) in [
+            ("postgres.status_interval", self.postgres.status_interval),
+            ("postgres.reconnect_max_delay", self.postgres.reconnect_max_delay),
+            ("postgres.slot_stats_interval", self.postgres.slot_stats_interval),
+            ("apply.retry_max_delay", self.apply.retry_max_delay),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be longer than zero, e.g. 1s"));
             }
         }
         Ok(Validated { config: self, connect })
@@ -546,6 +556,10 @@ mod tests {
         let err = c.clone().validate().err().unwrap().to_string();
         assert!(err.starts_with("apply.max_batch_actions:"), "{err}");
         c.apply.max_batch_actions = 1;
+        c.postgres.status_interval = Duration::ZERO;
+        let err = c.clone().validate().err().unwrap().to_string();
+        assert!(err.starts_with("postgres.status_interval:"), "{err}");
+        c.postgres.status_interval = DEFAULT_STATUS_INTERVAL;
         c.redis.clear();
         assert!(c.validate().err().unwrap().to_string().starts_with("redis:"));
     }

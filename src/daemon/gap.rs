@@ -45,7 +45,7 @@ pub async fn recover(
     failpoint::exit_at("gap:marked");
     retry.each(sinks, "bump the epoch", bump).await?;
     failpoint::exit_at("gap:bumped");
-    recreate_slot(connect, slot).await?;
+    retry.postgres(|| recreate_slot(connect, slot)).await?;
     failpoint::exit_at("gap:slot_recreated");
     retry.each(sinks, "bump the epoch", bump).await?;
     failpoint::exit_at("gap:bumped_again");
@@ -75,7 +75,8 @@ pub async fn resume_pending(
                     }
                     break;
                 }
-                Err(e) if is_shutdown() => return Err(DaemonError::EpochNotBumped(e)),
+                // Nothing was started: a mark, if there is one, stays for the next start.
+                Err(_) if is_shutdown() => return Ok(()),
                 Err(e) => {
                     tracing::warn!(target = %sink.name(), error = %e, "cannot read the gap mark; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -101,14 +102,33 @@ fn bump(sink: &mut BoxSink) -> SinkFuture<'_, ()> {
     })
 }
 
-/// Retries one step on every sink until it succeeds, or gives up at shutdown (the gap mark
-/// stays, so the next start finishes the recovery).
+/// Retries one step until it succeeds, or gives up at shutdown (the gap mark stays, so the next
+/// start finishes the recovery).
 struct Retry<'a> {
     max_delay: Duration,
     is_shutdown: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl Retry<'_> {
+    /// The PostgreSQL step: a gap is usually found while a failover is still settling.
+    async fn postgres<F, Fut>(&self, mut step: F) -> Result<(), DaemonError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), DaemonError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.max_delay);
+        loop {
+            match step().await {
+                Ok(()) => return Ok(()),
+                Err(e) if (self.is_shutdown)() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot recreate the slot; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
     async fn each(
         &self,
         sinks: &mut [BoxSink],

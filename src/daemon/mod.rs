@@ -360,6 +360,12 @@ impl Daemon {
             &|| self.stop.requested(),
         )
         .await;
+        if recovered.is_ok() {
+            // Positions of the old slot mean nothing on the new one (after a failover they can
+            // be ahead of it): start over while the applier is stopped and the old stream has
+            // ended (it reported the failure), so nothing reports an old position again.
+            self.context.progress.restart_for_new_slot();
+        }
         self.applier = Some(Applier::start(sinks, self.context.clone()));
         recovered?;
         let restarted = Stream::start_with(

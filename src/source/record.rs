@@ -233,8 +233,10 @@ async fn live<W: Write>(
     let result = recording.follow(&mut stream, &progress, interrupt).await;
     // The temporary slot is dropped by the server when the stream's connection closes.
     stream.shutdown().await;
+    // What was recorded is written out (and its write errors seen) even when the stream failed.
+    let summary = recording.finish(&progress);
     result?;
-    recording.finish(&progress)
+    summary
 }
 
 struct Recording<'a, W: Write> {
@@ -276,6 +278,8 @@ impl<W: Write> Recording<'_, W> {
                             return Ok(());
                         }
                     }
+                    // The server ended the stream (CopyDone): the recording ends there.
+                    Some(StreamItem::Failed(StreamError::Ended)) => return Ok(()),
                     Some(StreamItem::Failed(e)) => return Err(RecordError::Stream(e)),
                     // A temporary slot's stream ends instead of reconnecting, and raw mode sends
                     // no events.

@@ -140,6 +140,14 @@ impl Progress {
     pub fn server_wal_end(&self) -> Lsn {
         Lsn(self.server_wal_end.load(Ordering::Acquire))
     }
+    /// Forgets the positions of a slot that is gone (gap recovery): the new slot's positions
+    /// start over, and nothing reported on the old one may be reported on it.
+    pub fn restart_for_new_slot(&self) {
+        self.applied.store(0, Ordering::Release);
+        self.reported.store(0, Ordering::Release);
+        self.server_wal_end.store(0, Ordering::Release);
+    }
+
     /// Where the temporary slot started, once the stream created it.
     pub fn temporary_slot_start(&self) -> Option<Lsn> {
         Some(Lsn(self.temporary_slot_start.load(Ordering::Acquire))).filter(|l| l.0 > 0)
@@ -221,9 +229,13 @@ async fn run(
             // A temporary slot died with its connection: nothing to reconnect to.
             Err(e) if e.is_transient() && !*shutdown.borrow() && !(config.temporary_slot && session.started) => {
                 tracing::warn!(error = %e, "replication connection lost; reconnecting");
-                progress.reconnects.fetch_add(1, Ordering::Relaxed);
-                if session.started && tx.send(StreamItem::Reconnected { error: e.to_string() }).await.is_err() {
-                    return;
+                if session.started {
+                    // A reconnect is a lost stream, not a failed attempt (a standby polling a
+                    // slot held by another instance is not flapping).
+                    progress.reconnects.fetch_add(1, Ordering::Relaxed);
+                    if tx.send(StreamItem::Reconnected { error: e.to_string() }).await.is_err() {
+                        return;
+                    }
                 }
                 let delay = backoff.next_delay();
                 tokio::select! {
