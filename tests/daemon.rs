@@ -285,6 +285,22 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// Waits (30 s at most) for a daemon that is expected to stop by itself.
+fn wait_for_exit(child: &mut Child, log: &Path) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn spawn_daemon(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_walbust"))
         .args(["run", "--config"])
@@ -696,18 +712,7 @@ fn a_crash_inside_gap_recovery_is_finished_at_the_next_start() {
         );
         pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = first.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no stop at the failpoint; log:\n{}",
-            log("first.log")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut first, &dir.path().join("first.log"));
     assert_eq!(status.code(), Some(86), "log:\n{}", log("first.log"));
     // Stopped between the two bumps: the mark is there, the new slot too.
     assert_eq!(c.get::<_, Option<i64>>("walbust:epoch").unwrap(), Some(epoch + 1));
@@ -763,14 +768,7 @@ fn a_failed_applier_is_fatal() {
         pg.psql("app", &format!("INSERT INTO products VALUES ({i}, 1, 'p')"))
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after its applier failed");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut daemon, &log);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!status.success(), "exit {status:?}; log:\n{text}");
     assert!(text.contains("apply task failed"), "log:\n{text}");

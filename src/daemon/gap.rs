@@ -22,76 +22,79 @@ use std::time::Duration;
 ///    are covered only by this one;
 /// 5. clear the mark.
 ///
-/// A start that finds a mark ([`resume_pending`]) runs the whole recovery again: recreating the
-/// slot once more loses nothing the last bump does not cover. Tests stop the process after each
-/// step with `WALBUST_FAILPOINT=gap:marked|gap:bumped|gap:slot_recreated|gap:bumped_again`.
-pub async fn recover(
-    connect: &ConnectOptions,
-    slot: &str,
-    sinks: &mut [BoxSink],
-    metrics: &Metrics,
-    retry_max_delay: Duration,
-    is_shutdown: &(dyn Fn() -> bool + Sync),
-) -> Result<(), DaemonError> {
-    tracing::error!(
-        slot,
-        "the slot's history has a gap; bumping the global epoch (on_gap = bump_epoch) and recreating the slot"
-    );
-    let retry = Retry {
-        max_delay: retry_max_delay,
-        is_shutdown,
-    };
-    retry.each(sinks, "mark the gap", |s| s.mark_gap()).await?;
-    failpoint::exit_at("gap:marked");
-    retry.each(sinks, "bump the epoch", bump).await?;
-    failpoint::exit_at("gap:bumped");
-    retry.postgres(|| recreate_slot(connect, slot)).await?;
-    failpoint::exit_at("gap:slot_recreated");
-    retry.each(sinks, "bump the epoch", bump).await?;
-    failpoint::exit_at("gap:bumped_again");
-    retry.each(sinks, "clear the gap mark", |s| s.clear_gap()).await?;
-    metrics.epoch_bump();
-    Ok(())
+/// A start that finds a mark ([`Recovery::resume_pending`]) runs the whole recovery again:
+/// recreating the slot once more loses nothing the last bump does not cover. Tests stop the
+/// process after each step with
+/// `WALBUST_FAILPOINT=gap:marked|gap:bumped|gap:slot_recreated|gap:bumped_again`.
+pub struct Recovery<'a> {
+    pub connect: &'a ConnectOptions,
+    pub slot: &'a str,
+    pub metrics: &'a Metrics,
+    pub retry_max_delay: Duration,
+    pub is_shutdown: &'a (dyn Fn() -> bool + Sync),
 }
 
-/// At startup, before streaming: a gap mark left by a recovery that did not finish (the process
-/// died in it) means the recovery runs again.
-pub async fn resume_pending(
-    connect: &ConnectOptions,
-    slot: &str,
-    sinks: &mut [BoxSink],
-    metrics: &Metrics,
-    retry_max_delay: Duration,
-    is_shutdown: &(dyn Fn() -> bool + Sync),
-) -> Result<(), DaemonError> {
-    let mut pending = Vec::new();
-    for sink in sinks.iter_mut() {
-        let mut backoff = Backoff::new(Duration::from_millis(50), retry_max_delay);
-        loop {
-            match sink.gap_pending().await {
-                Ok(found) => {
-                    if found {
+impl Recovery<'_> {
+    pub async fn recover(&self, sinks: &mut [BoxSink]) -> Result<(), DaemonError> {
+        tracing::error!(
+            slot = self.slot,
+            "the slot's history has a gap; bumping the global epoch (on_gap = bump_epoch) and recreating the slot"
+        );
+        let retry = Retry {
+            max_delay: self.retry_max_delay,
+            is_shutdown: self.is_shutdown,
+        };
+        retry.each(sinks, "mark the gap", |s| s.mark_gap()).await?;
+        failpoint::exit_at("gap:marked");
+        retry.each(sinks, "bump the epoch", bump).await?;
+        failpoint::exit_at("gap:bumped");
+        retry.postgres(|| recreate_slot(self.connect, self.slot)).await?;
+        failpoint::exit_at("gap:slot_recreated");
+        retry.each(sinks, "bump the epoch", bump).await?;
+        failpoint::exit_at("gap:bumped_again");
+        retry.each(sinks, "clear the gap mark", |s| s.clear_gap()).await?;
+        self.metrics.epoch_bump();
+        Ok(())
+    }
+
+    /// At startup, before streaming: a gap mark left by a recovery that did not finish (the
+    /// process died in it) means the recovery runs again.
+    pub async fn resume_pending(&self, sinks: &mut [BoxSink]) -> Result<(), DaemonError> {
+        let pending = self.pending(sinks).await;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tracing::error!(
+            targets = ?pending,
+            "a gap recovery did not finish before walbust stopped; finishing it before streaming"
+        );
+        self.recover(sinks).await
+    }
+
+    /// The sinks that hold a gap mark (empty when shutdown came first: the marks stay).
+    async fn pending(&self, sinks: &mut [BoxSink]) -> Vec<String> {
+        let (retry_max_delay, is_shutdown) = (self.retry_max_delay, self.is_shutdown);
+        let mut pending = Vec::new();
+        for sink in sinks.iter_mut() {
+            let mut backoff = Backoff::new(Duration::from_millis(50), retry_max_delay);
+            loop {
+                match sink.gap_pending().await {
+                    Ok(true) => {
                         pending.push(sink.name().to_string());
+                        break;
                     }
-                    break;
-                }
-                // Nothing was started: a mark, if there is one, stays for the next start.
-                Err(_) if is_shutdown() => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(target = %sink.name(), error = %e, "cannot read the gap mark; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    Ok(false) => break,
+                    // Nothing was started: a mark, if there is one, stays for the next start.
+                    Err(_) if is_shutdown() => return Vec::new(),
+                    Err(e) => {
+                        tracing::warn!(target = %sink.name(), error = %e, "cannot read the gap mark; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
                 }
             }
         }
+        pending
     }
-    if pending.is_empty() {
-        return Ok(());
-    }
-    tracing::error!(
-        targets = ?pending,
-        "a gap recovery did not finish before walbust stopped; finishing it before streaming"
-    );
-    recover(connect, slot, sinks, metrics, retry_max_delay, is_shutdown).await
 }
 
 fn bump(sink: &mut BoxSink) -> SinkFuture<'_, ()> {

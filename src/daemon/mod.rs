@@ -95,14 +95,14 @@ pub async fn run(
     let http_task = start_http(&config, &metrics).await?;
     let mut targets = startup::build_targets(&config, &rules)?;
     let stop = Stop::watch(shutdown, cfg.shutdown_timeout);
-    let resumed = gap::resume_pending(
-        &connect,
-        &cfg.postgres.slot,
-        &mut targets.sinks,
-        &metrics,
-        cfg.apply.retry_max_delay,
-        &|| stop.requested(),
-    )
+    let resumed = gap::Recovery {
+        connect: &connect,
+        slot: &cfg.postgres.slot,
+        metrics: &metrics,
+        retry_max_delay: cfg.apply.retry_max_delay,
+        is_shutdown: &|| stop.requested(),
+    }
+    .resume_pending(&mut targets.sinks)
     .await;
     if let Err(e) = resumed {
         stop.task.abort();
@@ -351,14 +351,14 @@ impl Daemon {
             return Ok(());
         };
         let mut sinks = applier.finish().await?;
-        let recovered = gap::recover(
-            &self.connect,
-            &self.config.postgres.slot,
-            &mut sinks,
-            &self.context.metrics,
-            self.config.apply.retry_max_delay,
-            &|| self.stop.requested(),
-        )
+        let recovered = gap::Recovery {
+            connect: &self.connect,
+            slot: &self.config.postgres.slot,
+            metrics: &self.context.metrics,
+            retry_max_delay: self.config.apply.retry_max_delay,
+            is_shutdown: &|| self.stop.requested(),
+        }
+        .recover(&mut sinks)
         .await;
         if recovered.is_ok() {
             // Positions of the old slot mean nothing on the new one (after a failover they can
