@@ -1,6 +1,6 @@
 //! Failpoints: `WALBUST_FAILPOINT=<name>` makes the daemon fail at a named step, so tests can
 //! check what a crash or a bug at that step leaves behind. Unset in production; checking costs
-//! one environment lookup at steps that are rare (gap recovery, a batch's first apply).
+//! one environment lookup, done at rare steps (gap recovery) or once at start (the applier).
 
 /// The environment variable naming the failpoint to hit.
 pub const ENV: &str = "WALBUST_FAILPOINT";

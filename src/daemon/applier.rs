@@ -124,6 +124,8 @@ async fn apply_loop(
     // Reachability is known from the start, not from the first applied change: an idle
     // daemon with every target answering is ready.
     ping_all(&mut sinks, &context.metrics, true).await;
+    // Read once: the environment is not consulted per batch.
+    let panic_failpoint = failpoint::hit("applier:panic");
     loop {
         busy.send_replace(false);
         let batch = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
@@ -137,7 +139,7 @@ async fn apply_loop(
             }
         };
         busy.send_replace(true);
-        if failpoint::hit("applier:panic") {
+        if panic_failpoint {
             panic!("failpoint applier:panic");
         }
         if !apply_everywhere(&mut sinks, &batch, &context).await {
