@@ -357,16 +357,22 @@ fn render(template: &CompiledTemplate, row: &RowChange, pass: Image, out: &mut S
     out.clear();
     out.push_str(&template.prefix);
     let escape = template.kind == ActionKind::DeleteMatching;
+    // A NULL anywhere means the key does not exist, whatever the other columns hold, so it wins
+    // over a column the WAL does not carry, in whichever order they appear.
+    let mut missing = None;
     for part in &template.parts {
         match part {
             CPart::Literal(s) => out.push_str(s),
             CPart::Column { index, image, name } => {
                 let image = if *image == Image::Any { pass } else { *image };
                 let Some(index) = *index else {
-                    return Rendered::Missing(format!(
-                        "`{name}` is not a column of {} as the WAL describes it; fix the rule or the schema",
-                        row.relation.qualified_name()
-                    ));
+                    missing.get_or_insert_with(|| {
+                        format!(
+                            "`{name}` is not a column of {} as the WAL describes it; fix the rule or the schema",
+                            row.relation.qualified_name()
+                        )
+                    });
+                    continue;
                 };
                 match lookup(row, image, index, name) {
                     Ok(Some(value)) => {
@@ -377,12 +383,17 @@ fn render(template: &CompiledTemplate, row: &RowChange, pass: Image, out: &mut S
                         }
                     }
                     Ok(None) => return Rendered::Null,
-                    Err(reason) => return Rendered::Missing(reason),
+                    Err(reason) => {
+                        missing.get_or_insert(reason);
+                    }
                 }
             }
         }
     }
-    Rendered::Key
+    match missing {
+        Some(reason) => Rendered::Missing(reason),
+        None => Rendered::Key,
+    }
 }
 
 /// The value of one column in one image: `Ok(None)` for NULL, `Err` when not carried.
@@ -611,6 +622,24 @@ rules:
         assert!(txn.tags.is_empty());
         assert_eq!(txn.delete.len(), 2);
         assert!(txn.fallbacks.is_empty() && txn.unrenderable.is_empty());
+    }
+
+    #[test]
+    fn null_wins_over_not_carried_in_either_order() {
+        let rules = "version: 1\nrules:\n  - name: a\n    table: products\n    on: [update]\n    delete: [\"k:{category_id}:{description}\"]\n  - name: b\n    table: products\n    on: [update]\n    delete: [\"k:{description}:{category_id}\"]\n";
+        let rules = Arc::new(load_str("r.yaml", rules).unwrap().rules);
+        let mut planner = crate::plan::Planner::new(rules, false);
+        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        // category_id is NULL; description is an unchanged TOAST value the WAL does not carry.
+        planner.push(&crate::model::Event::Change(row(
+            &products(),
+            Op::Update,
+            None,
+            Some(vec![t("1"), Datum::Null, t("x"), t("1"), Datum::UnchangedToast]),
+        )));
+        let txn = planner.push(&crate::model::Event::Commit(Default::default())).unwrap();
+        assert!(txn.delete.is_empty(), "{:?}", txn.delete);
+        assert!(txn.unrenderable.is_empty(), "{:?}", txn.unrenderable);
     }
 
     #[test]
