@@ -14,6 +14,17 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::BufRead;
 
+/// A raw JSON value of a column of type `type_name`, as PostgreSQL's text output (what the
+/// daemon renders from pgoutput).
+fn typed_datum(raw: Option<&RawValue>, type_name: Option<&str>) -> Result<Datum, String> {
+    let datum = datum(raw)?;
+    match (datum, type_name) {
+        // wal2json writes bytea as bare hex; PostgreSQL's text output (and pgoutput) has `\x`.
+        (Datum::Text(hex), Some("bytea")) if !hex.starts_with("\\x") => Ok(Datum::Text(format!("\\x{hex}"))),
+        (datum, _) => Ok(datum),
+    }
+}
+
 /// A raw JSON value as PostgreSQL text.
 fn datum(raw: Option<&RawValue>) -> Result<Datum, String> {
     let Some(raw) = raw else { return Ok(Datum::Null) };
@@ -68,9 +79,9 @@ fn named<'a>(cols: Vec<V2Column<'a>>) -> Result<Vec<NamedValue<'a>>, String> {
     cols.into_iter()
         .map(|c| {
             Ok(NamedValue {
+                value: typed_datum(c.value, c.type_name.as_deref())?,
                 name: c.name,
                 type_name: c.type_name,
-                value: datum(c.value)?,
             })
         })
         .collect()
@@ -294,10 +305,11 @@ impl Wal2JsonV1Reader {
             .into_iter()
             .zip(values)
             .map(|(name, value)| {
+                let type_name = types.next();
                 Ok(NamedValue {
                     name: Cow::Owned(name),
-                    type_name: types.next().map(Cow::Owned),
-                    value: datum(value.as_deref())?,
+                    value: typed_datum(value.as_deref(), type_name.as_deref())?,
+                    type_name: type_name.map(Cow::Owned),
                 })
             })
             .collect()
@@ -416,6 +428,18 @@ mod tests {
             Ok(Event::Change(Change::Row(r))) => r,
             other => panic!("not a row: {other:?}"),
         }
+    }
+
+    #[test]
+    fn bytea_is_rendered_as_postgres_text() {
+        let ev = read_all(concat!(
+            r#"{"action":"I","schema":"public","table":"b","columns":[{"name":"ba","type":"bytea","value":"0102ff"}]}"#,
+            "\n",
+            r#"{"action":"I","schema":"public","table":"b","columns":[{"name":"ba","type":"bytea","value":"\\x0a"}]}"#,
+            "\n",
+        ));
+        assert_eq!(row(&ev[0]).new.as_ref().unwrap()[0], t("\\x0102ff"));
+        assert_eq!(row(&ev[1]).new.as_ref().unwrap()[0], t("\\x0a"));
     }
 
     #[test]
