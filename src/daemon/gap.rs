@@ -40,19 +40,16 @@ impl Recovery<'_> {
             slot = self.slot,
             "the slot's history has a gap; bumping the global epoch (on_gap = bump_epoch) and recreating the slot"
         );
-        let retry = Retry {
-            max_delay: self.retry_max_delay,
-            is_shutdown: self.is_shutdown,
-        };
-        retry.each(sinks, "mark the gap", |s| s.mark_gap()).await?;
+        self.on_every_sink(sinks, "mark the gap", |s| s.mark_gap()).await?;
         failpoint::exit_at("gap:marked");
-        retry.each(sinks, "bump the epoch", bump).await?;
+        self.on_every_sink(sinks, "bump the epoch", bump).await?;
         failpoint::exit_at("gap:bumped");
-        retry.postgres(|| recreate_slot(self.connect, self.slot)).await?;
+        self.recreate_slot().await?;
         failpoint::exit_at("gap:slot_recreated");
-        retry.each(sinks, "bump the epoch", bump).await?;
+        self.on_every_sink(sinks, "bump the epoch", bump).await?;
         failpoint::exit_at("gap:bumped_again");
-        retry.each(sinks, "clear the gap mark", |s| s.clear_gap()).await?;
+        self.on_every_sink(sinks, "clear the gap mark", |s| s.clear_gap())
+            .await?;
         self.metrics.epoch_bump();
         Ok(())
     }
@@ -73,27 +70,83 @@ impl Recovery<'_> {
 
     /// The sinks that hold a gap mark (empty when shutdown came first: the marks stay).
     async fn pending(&self, sinks: &mut [BoxSink]) -> Vec<String> {
-        let (retry_max_delay, is_shutdown) = (self.retry_max_delay, self.is_shutdown);
         let mut pending = Vec::new();
         for sink in sinks.iter_mut() {
-            let mut backoff = Backoff::new(Duration::from_millis(50), retry_max_delay);
+            let mut backoff = self.backoff();
             loop {
                 match sink.gap_pending().await {
-                    Ok(true) => {
-                        pending.push(sink.name().to_string());
-                        break;
-                    }
-                    Ok(false) => break,
+                    Ok(true) => pending.push(sink.name().to_string()),
+                    Ok(false) => {}
                     // Nothing was started: a mark, if there is one, stays for the next start.
-                    Err(_) if is_shutdown() => return Vec::new(),
                     Err(e) => {
-                        tracing::warn!(target = %sink.name(), error = %e, "cannot read the gap mark; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
+                        if self
+                            .wait_to_retry(&mut backoff, sink.name(), "read the gap mark", &e)
+                            .await
+                        {
+                            continue;
+                        }
+                        return Vec::new();
                     }
                 }
+                break;
             }
         }
         pending
+    }
+
+    /// Runs one step on every sink, each retried until it succeeds or shutdown comes (then the
+    /// mark stays, and the next start finishes the recovery).
+    async fn on_every_sink(
+        &self,
+        sinks: &mut [BoxSink],
+        step: &str,
+        mut action: impl for<'s> FnMut(&'s mut BoxSink) -> SinkFuture<'s, ()>,
+    ) -> Result<(), DaemonError> {
+        for sink in sinks.iter_mut() {
+            let mut backoff = self.backoff();
+            while let Err(e) = action(sink).await {
+                if !self.wait_to_retry(&mut backoff, sink.name(), step, &e).await {
+                    return Err(DaemonError::EpochNotBumped(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops and recreates the slot, retried: a gap is usually found while a failover is still
+    /// settling.
+    async fn recreate_slot(&self) -> Result<(), DaemonError> {
+        let mut backoff = self.backoff();
+        loop {
+            match recreate_slot(self.connect, self.slot).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if self
+                        .wait_to_retry(&mut backoff, "postgres", "recreate the slot", &e)
+                        .await => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(50), self.retry_max_delay)
+    }
+
+    /// After a failed step: false at shutdown; otherwise logs and waits before the next try.
+    async fn wait_to_retry(
+        &self,
+        backoff: &mut Backoff,
+        target: &str,
+        step: &str,
+        error: &(dyn std::fmt::Display + Sync),
+    ) -> bool {
+        if (self.is_shutdown)() {
+            return false;
+        }
+        tracing::warn!(target, error = %error, step, "gap recovery step failed; retrying");
+        tokio::time::sleep(backoff.next_delay()).await;
+        true
     }
 }
 
@@ -103,56 +156,6 @@ fn bump(sink: &mut BoxSink) -> SinkFuture<'_, ()> {
         tracing::warn!(target = %sink.name(), epoch = ?epoch, "global epoch bumped");
         Ok(())
     })
-}
-
-/// Retries one step until it succeeds, or gives up at shutdown (the gap mark stays, so the next
-/// start finishes the recovery).
-struct Retry<'a> {
-    max_delay: Duration,
-    is_shutdown: &'a (dyn Fn() -> bool + Sync),
-}
-
-impl Retry<'_> {
-    /// The PostgreSQL step: a gap is usually found while a failover is still settling.
-    async fn postgres<F, Fut>(&self, mut step: F) -> Result<(), DaemonError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), DaemonError>>,
-    {
-        let mut backoff = Backoff::new(Duration::from_millis(200), self.max_delay);
-        loop {
-            match step().await {
-                Ok(()) => return Ok(()),
-                Err(e) if (self.is_shutdown)() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot recreate the slot; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-
-    async fn each(
-        &self,
-        sinks: &mut [BoxSink],
-        step: &str,
-        mut action: impl for<'s> FnMut(&'s mut BoxSink) -> SinkFuture<'s, ()>,
-    ) -> Result<(), DaemonError> {
-        for sink in sinks.iter_mut() {
-            let mut backoff = Backoff::new(Duration::from_millis(50), self.max_delay);
-            loop {
-                match action(sink).await {
-                    Ok(()) => break,
-                    Err(e) if (self.is_shutdown)() => return Err(DaemonError::EpochNotBumped(e)),
-                    Err(e) => {
-                        tracing::warn!(target = %sink.name(), error = %e, step, "gap recovery step failed; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 async fn recreate_slot(connect: &ConnectOptions, slot: &str) -> Result<(), DaemonError> {
