@@ -346,7 +346,7 @@ impl<'a> Session<'a> {
         loop {
             if !pending.is_empty() && (pending.len() >= self.config.batch_events || !conn.has_buffered_message()) {
                 let items = pending.take(self.config.raw_messages);
-                for item in items {
+                for item in items.into_iter().flatten() {
                     self.deliver(&mut conn, item, shutdown, &mut status_timer).await?;
                 }
                 if *shutdown.borrow() {
@@ -509,23 +509,15 @@ impl Pending {
         self.len() == 0 && self.idle.is_none()
     }
 
-    /// What to hand over, in order.
-    fn take(&mut self, raw: bool) -> Vec<StreamItem> {
-        let mut items = Vec::with_capacity(2);
-        if raw {
-            if !self.raw.is_empty() {
-                items.push(StreamItem::Messages(std::mem::take(&mut self.raw)));
-            }
-            if let Some(wal_end) = self.idle.take() {
-                items.push(StreamItem::Idle { wal_end });
-            }
-        } else {
-            items.push(StreamItem::Events(std::mem::replace(
-                &mut self.events,
-                Vec::with_capacity(self.capacity),
-            )));
+    /// What to hand over, in order (no allocation per delivery: this runs per batch).
+    fn take(&mut self, raw: bool) -> [Option<StreamItem>; 2] {
+        if !raw {
+            let events = std::mem::replace(&mut self.events, Vec::with_capacity(self.capacity));
+            return [Some(StreamItem::Events(events)), None];
         }
-        items
+        let messages = (!self.raw.is_empty()).then(|| StreamItem::Messages(std::mem::take(&mut self.raw)));
+        let idle = self.idle.take().map(|wal_end| StreamItem::Idle { wal_end });
+        [messages, idle]
     }
 }
 
@@ -633,6 +625,23 @@ async fn preflight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_slot_is_never_acknowledged_with_the_old_slots_positions() {
+        let progress = Progress::default();
+        progress.mark_applied(Lsn(500));
+        progress.reported.store(500, Ordering::Release);
+        progress.server_wal_end.store(500, Ordering::Release);
+        // After a failover the new slot starts at 300, below what was reported on the old one.
+        progress.restart_for_new_slot();
+        let first = ack_position(progress.applied(), Lsn(0), false, Lsn(300), progress.reported());
+        assert_eq!(first, Lsn(300));
+        // While a transaction of the new slot is in flight nothing ahead of it is reported.
+        assert_eq!(
+            ack_position(progress.applied(), Lsn(320), true, Lsn(400), progress.reported()),
+            Lsn(0)
+        );
+    }
 
     #[test]
     fn ack_decisions() {
