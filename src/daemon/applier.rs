@@ -62,8 +62,9 @@ pub struct Applier {
 
 /// What the daemon loop waits for from the applier.
 pub enum ApplierEvent {
-    /// The task has nothing in flight and nothing queued: a batch sent now goes out at once.
-    Idle,
+    /// The task started or finished a round trip: whether it is idle now is for
+    /// [`Applier::is_idle`] to say.
+    BusyChanged,
     /// The task ended by itself (a failure; it only ends when asked).
     Ended(Result<(), ApplierFailed>),
 }
@@ -89,8 +90,8 @@ impl Applier {
         !busy && self.tx.capacity() == self.tx.max_capacity()
     }
 
-    /// Waits for the task in `slot` to become idle (when `want_idle`) or to end by itself; an
-    /// ended task leaves `None` behind. Pending while no task runs.
+    /// Waits for the task in `slot` to start or finish a round trip (when `want_idle`) or to end
+    /// by itself; an ended task leaves `None` behind. Pending while no task runs.
     pub async fn next_event(slot: &mut Option<Applier>, want_idle: bool) -> ApplierEvent {
         let Some(applier) = slot else {
             return std::future::pending().await;
@@ -101,7 +102,7 @@ impl Applier {
                 ApplierEvent::Ended(ended.map(|_| ()).map_err(ApplierFailed))
             }
             changed = applier.busy.changed(), if want_idle => match changed {
-                Ok(()) => ApplierEvent::Idle,
+                Ok(()) => ApplierEvent::BusyChanged,
                 // The task dropped its end: it is ending; the next wait sees how.
                 Err(_) => std::future::pending().await,
             },

@@ -269,7 +269,7 @@ impl Daemon {
                 biased;
                 _ = self.stop.wait() => return Ok(()),
                 event = Applier::next_event(&mut self.applier, pending) => match event {
-                    ApplierEvent::Idle => {}
+                    ApplierEvent::BusyChanged => {}
                     ApplierEvent::Ended(ended) => {
                         ended?;
                         return Err(DaemonError::Internal("the apply task ended before shutdown"));

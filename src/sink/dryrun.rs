@@ -99,6 +99,8 @@ impl<'w> Printer<'w> {
         if batch.retained().is_empty() && !batch.is_empty() {
             let txn = merged(batch);
             self.summary.add(&txn);
+            // One block, but every transaction merged into it counts.
+            self.summary.transactions += batch.transactions.saturating_sub(1);
             match self.options.format {
                 OutputFormat::Json => write_json(&mut *self.out, &txn)?,
                 OutputFormat::Text => write_text(&mut *self.out, &txn, false)?,
@@ -344,4 +346,50 @@ fn write_text_summary(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Lsn;
+
+    fn txn(lsn: u64, delete: &[&str]) -> PlannedTxn {
+        PlannedTxn {
+            commit: CommitInfo {
+                xid: Some(7),
+                lsn: Some(Lsn(lsn)),
+                end_lsn: Some(Lsn(lsn + 8)),
+                commit_time: None,
+            },
+            changes: 1,
+            delete: delete.iter().map(|s| s.to_string()).collect(),
+            bump: vec![],
+            tags: vec![],
+            tag_keys: vec![],
+            redelete: vec![],
+            delete_matching: vec![],
+            publish: vec![],
+            fallbacks: vec![],
+            unrenderable: vec![],
+            explain: None,
+        }
+    }
+
+    /// The printer keeps the sink contract for any batch: a daemon batch (merged, no
+    /// transactions kept) is printed as one block of its actions, none left out.
+    #[test]
+    fn prints_every_action_of_a_merged_batch() {
+        let mut batch = Batch::default();
+        batch.add_owned(txn(100, &["b", "a"]));
+        batch.add_owned(txn(200, &["a", "c"]));
+        let mut out = Vec::new();
+        let mut printer = Printer::new(&mut out, Options::default());
+        ready_now(printer.apply(&batch)).unwrap();
+        let summary = printer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for key in ["a", "b", "c"] {
+            assert!(text.contains(&format!("delete           {key}\n")), "{text}");
+        }
+        assert_eq!((summary.transactions, summary.changes, summary.delete), (2, 2, 3));
+    }
 }
