@@ -29,6 +29,12 @@ pub const DEFAULT_BUFFER_BATCHES: usize = 16;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_READY_MAX_LAG_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long applied work stays unacknowledged: covers AOF `appendfsync everysec` (up to ~1 s
+/// lost) with margin. See docs/consistency.md for sizing against RDB `save` intervals.
+pub const DEFAULT_DURABILITY_WINDOW: Duration = Duration::from_secs(5);
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// An instance that cannot apply for this long releases the slot for a standby.
+pub const DEFAULT_RELEASE_SLOT_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -157,6 +163,15 @@ pub struct ApplyConfig {
     pub retry_max_delay: Duration,
     /// Batches of events buffered between the stream and the applier (bounds memory).
     pub buffer_batches: usize,
+    /// Applied positions are acknowledged to PostgreSQL only this long after every target
+    /// applied them, so what a target loses within it can be replayed from the slot.
+    #[serde(with = "duration_text")]
+    pub durability_window: Duration,
+    /// An instance whose targets have not applied a batch for this long releases the slot, so
+    /// a standby that reaches them can take over; it streams again (or waits as the standby)
+    /// once it applies again. `0s`: never release.
+    #[serde(with = "duration_text")]
+    pub release_slot_after: Duration,
 }
 
 impl Default for ApplyConfig {
@@ -169,11 +184,13 @@ impl Default for ApplyConfig {
             epoch_key: DEFAULT_EPOCH_KEY.into(),
             retry_max_delay: DEFAULT_RETRY_MAX_DELAY,
             buffer_batches: DEFAULT_BUFFER_BATCHES,
+            durability_window: DEFAULT_DURABILITY_WINDOW,
+            release_slot_after: DEFAULT_RELEASE_SLOT_AFTER,
         }
     }
 }
 
-#[derive(Clone, Deserialize, Default)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://…` or `rediss://…` (TLS); for a cluster, seed nodes separated by commas.
@@ -184,6 +201,30 @@ pub struct RedisConfig {
     /// PEM CA certificate to verify a `rediss://` server with (default: system roots).
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
+    /// After every pipeline, `WAIT` for this many replicas before the batch counts as applied
+    /// (0: do not wait). For a Redis whose replica may be promoted.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may take; a batch not acknowledged by enough replicas in time is
+    /// applied again.
+    #[serde(default = "default_wait_timeout", with = "duration_text")]
+    pub wait_timeout: Duration,
+}
+
+fn default_wait_timeout() -> Duration {
+    DEFAULT_WAIT_TIMEOUT
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            cluster: false,
+            ca_cert: None,
+            wait_replicas: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+        }
+    }
 }
 
 impl RedisConfig {
@@ -402,6 +443,8 @@ impl Config {
             "ALLOW_UNRENDERABLE" => self.rules.allow_unrenderable = flag,
             "MAX_BATCH_DELAY" => self.apply.max_batch_delay = duration("apply.max_batch_delay")?,
             "MAX_BATCH_ACTIONS" => self.apply.max_batch_actions = number("apply.max_batch_actions")?,
+            "DURABILITY_WINDOW" => self.apply.durability_window = duration("apply.durability_window")?,
+            "RELEASE_SLOT_AFTER" => self.apply.release_slot_after = duration("apply.release_slot_after")?,
             "ON_GAP" => {
                 self.apply.on_gap = OnGap::parse(&value).ok_or_else(|| {
                     invalid(
@@ -485,6 +528,12 @@ impl Config {
                 return Err(invalid(
                     &format!("redis[{i}].url"),
                     format!("`{}` is not a redis:// URL", redact_url(&r.url)),
+                ));
+            }
+            if r.wait_replicas > 0 && r.wait_timeout.is_zero() {
+                return Err(invalid(
+                    &format!("redis[{i}].wait_timeout"),
+                    "must be longer than zero when wait_replicas is set (WAIT 0 blocks forever), e.g. 1s",
                 ));
             }
             if let Some(path) = &r.ca_cert {

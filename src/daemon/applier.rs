@@ -7,7 +7,7 @@ use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::model::Timestamp;
 use crate::retry::Backoff;
-use crate::sink::{Batch, Sink, SinkError, SinkFuture};
+use crate::sink::{Batch, Rollback, Sink, SinkError, SinkFuture};
 use crate::source::stream::Progress;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -50,11 +50,21 @@ pub struct ApplierContext {
     pub retry_max_delay: Duration,
     pub give_up: Arc<GiveUp>,
     pub redeleter: Option<Redeleter>,
+    /// Since when a batch has been failing to apply (`None`: applying), for
+    /// `apply.release_slot_after`.
+    pub stalled: Arc<tokio::sync::watch::Sender<Option<std::time::Instant>>>,
+}
+
+/// A batch as the daemon hands it over: with the [`Progress`] generation it was planned in (a
+/// batch planned before a rewind is applied, but its position no longer counts).
+pub struct Queued {
+    pub generation: u64,
+    pub batch: Batch,
 }
 
 /// The running apply task.
 pub struct Applier {
-    pub tx: tokio::sync::mpsc::Sender<Batch>,
+    pub tx: tokio::sync::mpsc::Sender<Queued>,
     task: tokio::task::JoinHandle<Vec<BoxSink>>,
     /// True while the task has a round trip in flight (applying a batch, or pinging).
     busy: tokio::sync::watch::Receiver<bool>,
@@ -77,7 +87,7 @@ pub struct ApplierFailed(#[from] tokio::task::JoinError);
 impl Applier {
     pub fn start(sinks: Vec<BoxSink>, context: ApplierContext) -> Applier {
         // One batch applying, one waiting: bounded memory, overlap of planning and applying.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Queued>(1);
         let (busy_tx, busy) = tokio::sync::watch::channel(true);
         let task = tokio::spawn(apply_loop(sinks, rx, busy_tx, context));
         Applier { tx, task, busy }
@@ -118,7 +128,7 @@ impl Applier {
 
 async fn apply_loop(
     mut sinks: Vec<BoxSink>,
-    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
     busy: tokio::sync::watch::Sender<bool>,
     context: ApplierContext,
 ) -> Vec<BoxSink> {
@@ -129,19 +139,27 @@ async fn apply_loop(
     let panic_failpoint = failpoint::hit("applier:panic");
     loop {
         busy.send_replace(false);
-        let batch = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
-            Ok(Some(batch)) => batch,
+        let Queued { generation, batch } = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
+            Ok(Some(queued)) => queued,
             Ok(None) => break,
             Err(_) => {
                 busy.send_replace(true);
                 let warn = context.metrics.redis_ok();
                 ping_all(&mut sinks, &context.metrics, warn).await;
+                if !recover_rollbacks(&mut sinks, &context).await {
+                    break;
+                }
                 continue;
             }
         };
         busy.send_replace(true);
         if panic_failpoint {
             panic!("failpoint applier:panic");
+        }
+        if let Some(origin) = context.progress.origin() {
+            for sink in sinks.iter_mut() {
+                sink.set_origin(&origin);
+            }
         }
         if !apply_everywhere(&mut sinks, &batch, &context).await {
             tracing::warn!(
@@ -155,8 +173,12 @@ async fn apply_loop(
             context.metrics.latency(((now - t.0).max(0) as f64) / 1e6);
         }
         context.metrics.batch(batch.actions());
+        // A target found rolled back while applying: the rewind makes this batch not count.
+        if !recover_rollbacks(&mut sinks, &context).await {
+            break;
+        }
         if let Some(end) = batch.last_end {
-            context.progress.mark_applied(end);
+            context.progress.mark_applied_in(generation, end);
         }
         if let Some(redeleter) = &context.redeleter {
             redeleter.schedule(&batch);
@@ -185,6 +207,65 @@ async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics, warn: bool) {
         metrics.redis_unreachable();
     }
     record_epoch_resets(sinks, metrics);
+}
+
+/// Targets found holding less than they were sent (see `Sink::take_rollback`). Everything not
+/// yet acknowledged is replayed from the slot (the durability window keeps the acknowledged
+/// position behind what targets applied, so an everysec AOF or a recent snapshot loses only
+/// replayable positions); a target that lost more than that gets a new epoch. Returns false when
+/// shutdown came before a needed epoch bump (then nothing more is acknowledged).
+async fn recover_rollbacks(sinks: &mut [BoxSink], context: &ApplierContext) -> bool {
+    let rollbacks: Vec<(usize, Rollback)> = sinks
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, sink)| sink.take_rollback().map(|r| (i, r)))
+        .collect();
+    if rollbacks.is_empty() {
+        return true;
+    }
+    let acknowledged = context.progress.rewind_for_replay();
+    for (i, rollback) in rollbacks {
+        let sink = &mut sinks[i];
+        context.metrics.redis_rollback(sink.name());
+        let now = rollback
+            .now
+            .map_or_else(|| "nothing (empty)".to_string(), |l| l.to_string());
+        if rollback.now.is_some_and(|now| now >= acknowledged) {
+            tracing::warn!(
+                target = %sink.name(),
+                had = %rollback.had,
+                now = %now,
+                acknowledged = %acknowledged,
+                "redis target went back (restored from an older snapshot, lost AOF writes, or a promoted replica); replaying everything after the acknowledged position from the slot"
+            );
+            continue;
+        }
+        tracing::error!(
+            target = %sink.name(),
+            had = %rollback.had,
+            now = %now,
+            acknowledged = %acknowledged,
+            "redis target went back further than the slot can replay (the loss is older than apply.durability_window); bumping the epoch on this target so nothing it lost is read again, and replaying the rest"
+        );
+        let mut backoff = Backoff::new(RETRY_INITIAL_DELAY, context.retry_max_delay);
+        loop {
+            match sink.bump_epoch().await {
+                Ok(epoch) => {
+                    context.metrics.epoch_bump();
+                    tracing::warn!(target = %sink.name(), epoch = ?epoch, "epoch bumped after a rollback");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(target = %sink.name(), error = %e, "cannot bump the epoch after a rollback; retrying");
+                    if context.give_up.due() {
+                        return false;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Counts the sinks' fresh epochs (see `RedisTarget::with_epoch_key`) in the metrics.
@@ -218,17 +299,31 @@ async fn apply_everywhere(sinks: &mut [BoxSink], batch: &Batch, context: &Applie
                     metrics.applied(sink.name(), batch);
                 }
                 Err(e) => {
-                    metrics.redis_error(sink.name());
-                    tracing::warn!(target = %sink.name(), error = %e, "apply failed; retrying");
+                    metrics.redis_error(sink.name(), e.kind());
+                    if e.needs_operator() {
+                        // Said at every retry: nothing behind it is applied until it is fixed.
+                        tracing::error!(target = %sink.name(), kind = e.kind(), error = %e, "apply failed and will keep failing until the target or the configuration is fixed; invalidations wait (not acknowledged)");
+                    } else {
+                        tracing::warn!(target = %sink.name(), kind = e.kind(), error = %e, "apply failed; retrying");
+                    }
                 }
+            }
+            for _ in 0..sink.take_wrong_types() {
+                metrics.redis_error(sink.name(), "wrongtype");
             }
             let round_trips = sink.take_round_trips();
             metrics.round_trips(sink.name(), round_trips);
         }
         if done.iter().all(|d| *d) {
             metrics.redis_reached();
+            context.stalled.send_if_modified(|since| since.take().is_some());
             return true;
         }
+        context.stalled.send_if_modified(|since| {
+            let first = since.is_none();
+            since.get_or_insert_with(std::time::Instant::now);
+            first
+        });
         if context.give_up.due() {
             return false;
         }

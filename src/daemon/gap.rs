@@ -6,11 +6,13 @@ use super::applier::BoxSink;
 use super::DaemonError;
 use crate::failpoint;
 use crate::metrics::Metrics;
+use crate::model::{Lsn, Origin};
 use crate::retry::Backoff;
 use crate::sink::SinkFuture;
+use crate::sink::WatermarkState;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::slot::{create_slot, quote_literal};
-use crate::source::stream::StreamError;
+use crate::source::stream::{Progress, StreamError};
 use std::time::Duration;
 
 /// Recovers from a gap, in an order that survives a crash at any step:
@@ -66,6 +68,88 @@ impl Recovery<'_> {
             "a gap recovery did not finish before walbust stopped; finishing it before streaming"
         );
         self.recover(sinks).await
+    }
+
+    /// At startup, before streaming: does every target still hold what it was last sent? Its
+    /// watermark is compared with the server (system identifier and timeline) and the slot's
+    /// confirmed position, which is where streaming resumes. A target behind that position, last
+    /// written from another server or timeline, or without a watermark while it kept its epoch
+    /// (restored from a snapshot older than this version's watermarks), has lost what the slot
+    /// cannot send again: its epoch is bumped. Records the server in `progress`, so a stream
+    /// that then reaches a different one reports the change.
+    pub async fn check_watermarks(&self, sinks: &mut [BoxSink], progress: &Progress) -> Result<(), DaemonError> {
+        let (origin, confirmed) = self.server_position().await?;
+        progress.set_origin(origin.clone());
+        for sink in sinks.iter_mut() {
+            let mut backoff = self.backoff();
+            let state = loop {
+                match sink.read_watermark().await {
+                    Ok(state) => break state,
+                    Err(e) => {
+                        if !self
+                            .wait_to_retry(&mut backoff, sink.name(), "read the watermark", &e)
+                            .await
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let fresh_epoch = sink.take_epoch_resets();
+            self.metrics.epoch_resets(fresh_epoch);
+            let lost = match (&state, confirmed) {
+                (WatermarkState::NotKept, _) => None,
+                (WatermarkState::Missing, None) => None,
+                (WatermarkState::Missing, Some(_)) if fresh_epoch > 0 => None,
+                (WatermarkState::Missing, Some(_)) => Some(
+                    "it holds an epoch but no watermark (first start of a walbust that writes one, or restored from a snapshot older than it)".to_string(),
+                ),
+                (WatermarkState::Found(w), _) if !w.origin.system.is_empty() && w.origin != origin => Some(format!(
+                    "it was last written from system {} timeline {}, the server is now system {} timeline {} (failover or restore)",
+                    w.origin.system, w.origin.timeline, origin.system, origin.timeline
+                )),
+                (WatermarkState::Found(w), None) => Some(format!(
+                    "it was written up to {} from a slot that no longer exists",
+                    w.lsn
+                )),
+                (WatermarkState::Found(w), Some(confirmed)) if w.lsn < confirmed => Some(format!(
+                    "it holds work up to {}, the slot resumes after {confirmed}: it went back further than apply.durability_window (restored from an older snapshot or replica)",
+                    w.lsn
+                )),
+                (WatermarkState::Found(_), Some(_)) => None,
+            };
+            let Some(reason) = lost else { continue };
+            self.metrics.redis_rollback(sink.name());
+            tracing::error!(target = %sink.name(), reason = %reason, "redis target lost invalidations the slot cannot replay; bumping its epoch");
+            let mut backoff = self.backoff();
+            loop {
+                match bump(sink).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        if !self
+                            .wait_to_retry(&mut backoff, sink.name(), "bump the epoch", &e)
+                            .await
+                        {
+                            return Err(DaemonError::EpochNotBumped(e));
+                        }
+                    }
+                }
+            }
+            self.metrics.epoch_bump();
+        }
+        Ok(())
+    }
+
+    /// The server's identity and the slot's confirmed position (`None`: no slot yet).
+    async fn server_position(&self) -> Result<(Origin, Option<Lsn>), DaemonError> {
+        let mut backoff = self.backoff();
+        loop {
+            match read_server_position(self.connect, self.slot).await {
+                Ok(found) => return Ok(found),
+                Err(e) if self.wait_to_retry(&mut backoff, "postgres", "read the slot", &e).await => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The sinks that hold a gap mark (empty when shutdown came first: the marks stay).
@@ -170,4 +254,24 @@ async fn recreate_slot(connect: &ConnectOptions, slot: &str) -> Result<(), Daemo
     create_slot(&mut conn, slot, false).await.map_err(conn_err)?;
     conn.close().await;
     Ok(())
+}
+
+async fn read_server_position(connect: &ConnectOptions, slot: &str) -> Result<(Origin, Option<Lsn>), DaemonError> {
+    let conn_err = |e| DaemonError::Stream(StreamError::Conn(e));
+    let mut conn = ReplicationConnection::connect(connect).await.map_err(conn_err)?;
+    let identity = conn.simple_query("IDENTIFY_SYSTEM").await.map_err(conn_err)?;
+    let origin = Origin {
+        system: identity.first("systemid").unwrap_or_default().to_string(),
+        timeline: identity.first("timeline").and_then(|t| t.parse().ok()).unwrap_or(0),
+    };
+    let found = conn
+        .simple_query(&format!(
+            "SELECT confirmed_flush_lsn::text AS confirmed FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await
+        .map_err(conn_err)?;
+    conn.close().await;
+    let confirmed = (!found.rows.is_empty()).then(|| found.first("confirmed").and_then(Lsn::parse).unwrap_or(Lsn(0)));
+    Ok((origin, confirmed))
 }

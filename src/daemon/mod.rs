@@ -27,7 +27,7 @@ use crate::rules::eval::EngineOptions;
 use crate::sink::{Batch, SinkError};
 use crate::source::conn::ConnectOptions;
 use crate::source::stream::{Progress, Stream, StreamConfig, StreamError, StreamItem};
-use applier::{Applier, ApplierContext, ApplierEvent, ApplierFailed, GiveUp};
+use applier::{Applier, ApplierContext, ApplierEvent, ApplierFailed, GiveUp, Queued};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,7 +90,7 @@ pub async fn run(
     let connect = config.connect.clone();
     startup::check_schema(&connect, &rules, &config).await?;
 
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::with_durability_window(cfg.apply.durability_window));
     let metrics = Metrics::new(progress.clone());
     let http_task = start_http(&config, &metrics).await?;
     let mut targets = startup::build_targets(&config, &rules)?;
@@ -104,6 +104,20 @@ pub async fn run(
     }
     .resume_pending(&mut targets.sinks)
     .await;
+    let resumed = match resumed {
+        Ok(()) => {
+            gap::Recovery {
+                connect: &connect,
+                slot: &cfg.postgres.slot,
+                metrics: &metrics,
+                retry_max_delay: cfg.apply.retry_max_delay,
+                is_shutdown: &|| stop.requested(),
+            }
+            .check_watermarks(&mut targets.sinks, &progress)
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = resumed {
         stop.task.abort();
         if let Some(t) = http_task {
@@ -123,6 +137,12 @@ pub async fn run(
         retry_max_delay: cfg.apply.retry_max_delay,
         give_up: stop.give_up.clone(),
         redeleter: (!targets.redelete.is_empty()).then(|| redelete::Redeleter::start(targets.redelete)),
+        stalled: Arc::new(tokio::sync::watch::channel(None).0),
+    };
+    let slot_release = SlotRelease {
+        after: (!cfg.apply.release_slot_after.is_zero()).then_some(cfg.apply.release_slot_after),
+        stalled: context.stalled.subscribe(),
+        released: false,
     };
     let mut daemon = Daemon {
         stream: Stream::start_with(stream_config(&config, &connect), progress.clone()),
@@ -133,6 +153,8 @@ pub async fn run(
         change_counts: BTreeMap::new(),
         summary: RunSummary::default(),
         streamed_once: false,
+        generation: progress.generation(),
+        slot_release,
         config,
         connect,
         context,
@@ -242,6 +264,44 @@ struct Daemon {
     context: ApplierContext,
     stop: Stop,
     streamed_once: bool,
+    /// The [`Progress`] generation the current stream's batches belong to.
+    generation: u64,
+    slot_release: SlotRelease,
+}
+
+/// `apply.release_slot_after`: an instance that cannot apply for that long gives the slot up,
+/// so a standby that reaches the targets takes over; once it applies again it streams again
+/// (or, the slot being taken, waits as the standby).
+struct SlotRelease {
+    after: Option<Duration>,
+    stalled: tokio::sync::watch::Receiver<Option<Instant>>,
+    released: bool,
+}
+
+impl SlotRelease {
+    /// Completes with `true` when the slot should be released, `false` when it should be taken
+    /// back.
+    async fn next(&mut self) -> bool {
+        loop {
+            let since = *self.stalled.borrow_and_update();
+            match (since, self.released, self.after) {
+                (Some(since), false, Some(after)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until((since + after).into()) => return true,
+                        changed = self.stalled.changed() => if changed.is_err() {
+                            return std::future::pending().await;
+                        },
+                    }
+                }
+                (None, true, _) => return false,
+                _ => {
+                    if self.stalled.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -250,6 +310,7 @@ impl Daemon {
     /// — or when the batch reaches `max_batch_actions` or has waited `max_batch_delay` (caps, so
     /// a slow target cannot hold a batch back forever).
     async fn stream_loop(&mut self) -> Result<(), DaemonError> {
+        let progress = self.context.progress.clone();
         loop {
             if self.stop.requested() {
                 return Ok(());
@@ -276,6 +337,8 @@ impl Daemon {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
+                _ = progress.replay_requested() => self.replay_from_slot().await,
+                release = self.slot_release.next() => self.release_or_take_back(release).await,
                 item = self.stream.recv() => match item {
                     Some(StreamItem::Events(events)) => self.on_events(&events),
                     Some(StreamItem::Messages(_)) | Some(StreamItem::Idle { .. }) => {
@@ -293,6 +356,35 @@ impl Daemon {
         }
     }
 
+    /// A target lost applied work the slot still holds (the applier rewound [`Progress`]):
+    /// drop what was planned from the current stream and stream again from the slot's
+    /// acknowledged position, so every transaction after it is applied again.
+    async fn replay_from_slot(&mut self) {
+        self.generation = self.context.progress.generation();
+        self.planner.push(&Event::Rollback);
+        self.batch = Batch::default();
+        self.batch_started = None;
+        self.stream.restart().await;
+        tracing::info!(from = %self.context.progress.reported(), "streaming again from the slot");
+    }
+
+    async fn release_or_take_back(&mut self, release: bool) {
+        self.slot_release.released = release;
+        if release {
+            tracing::error!(
+                after = ?self.slot_release.after,
+                "the targets have not applied for apply.release_slot_after; releasing the slot so a standby that reaches them can take over (this instance streams again once it applies)"
+            );
+            self.stream.release().await;
+        } else {
+            tracing::warn!(
+                "the targets apply again; streaming again from the slot (or waiting while a standby holds it)"
+            );
+            self.planner.push(&Event::Rollback);
+            self.stream.restart().await;
+        }
+    }
+
     /// Hands the batch to the applier: `Ok(false)` when shutdown ended the wait, an error when
     /// the applier is gone (it failed: nothing after the acknowledged position is lost, and the
     /// daemon must not go on as if it applied).
@@ -300,9 +392,23 @@ impl Daemon {
         let batch = std::mem::take(&mut self.batch);
         self.batch_started = None;
         let Some(applier) = &self.applier else { return Ok(false) };
-        let sent = tokio::select! {
-            sent = applier.tx.send(batch) => sent.is_ok(),
-            _ = self.stop.wait() => return Ok(false),
+        let queued = Queued {
+            generation: self.generation,
+            batch,
+        };
+        // While the applier retries a failing batch this waits; the slot may be released
+        // meanwhile (and taken back when it applies).
+        let sent = {
+            let tx = applier.tx.clone();
+            let send = tx.send(queued);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    sent = &mut send => break sent.is_ok(),
+                    _ = self.stop.wait() => return Ok(false),
+                    release = self.slot_release.next() => self.release_or_take_back(release).await,
+                }
+            }
         };
         if sent || self.stop.requested() {
             return Ok(sent);
@@ -338,8 +444,8 @@ impl Daemon {
     /// recovers (what was already batched is committed work and is applied first); anything
     /// else ends the daemon.
     async fn on_failed(&mut self, e: StreamError) -> Result<(), DaemonError> {
-        let gap =
-            matches!(e, StreamError::SlotLost(_)) || (self.streamed_once && matches!(e, StreamError::SlotMissing(_)));
+        let gap = matches!(e, StreamError::SlotLost(_) | StreamError::OriginChanged { .. })
+            || (self.streamed_once && matches!(e, StreamError::SlotMissing(_)));
         if !gap || self.config.apply.on_gap != OnGap::BumpEpoch {
             return Err(DaemonError::Stream(e));
         }
@@ -384,7 +490,11 @@ impl Daemon {
         if clean && !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             if let Some(applier) = &self.applier {
-                let _ = tokio::time::timeout(timeout, applier.tx.send(batch)).await;
+                let queued = Queued {
+                    generation: self.generation,
+                    batch,
+                };
+                let _ = tokio::time::timeout(timeout, applier.tx.send(queued)).await;
             }
         }
         let mut failed = None;

@@ -77,7 +77,9 @@ pub fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, Dae
             )
         };
         // The applier pings it first thing (and logs when it does not answer).
-        let target = connect(ca.clone())?.with_epoch_key(&cfg.apply.epoch_key);
+        let target = connect(ca.clone())?
+            .with_epoch_key(&cfg.apply.epoch_key)
+            .with_wait(r.wait_replicas, r.wait_timeout);
         targets.sinks.push(Box::new(target));
         if redeletes {
             targets.redelete.push(connect(ca)?);

@@ -69,7 +69,8 @@ pub struct Metrics {
     transactions: Counter,
     actions: Family<KindTarget, Counter>,
     round_trips: Family<TargetLabel, Counter>,
-    redis_errors: Family<TargetLabel, Counter>,
+    redis_errors: Family<KindTarget, Counter>,
+    redis_rollbacks: Family<TargetLabel, Counter>,
     fallbacks: Family<RuleLabel, Counter>,
     escalations: Family<RuleLabel, Counter>,
     unrenderable: Family<RuleLabel, Counter>,
@@ -99,6 +100,7 @@ impl Metrics {
             actions: Family::default(),
             round_trips: Family::default(),
             redis_errors: Family::default(),
+            redis_rollbacks: Family::default(),
             fallbacks: Family::default(),
             escalations: Family::default(),
             unrenderable: Family::default(),
@@ -134,13 +136,18 @@ impl Metrics {
             self.actions.clone(),
         );
         r.register(
+            "walbust_redis_rollbacks",
+            "Times a target was found holding less than it was sent (older snapshot, lost AOF writes, promoted replica, restart empty), by target",
+            self.redis_rollbacks.clone(),
+        );
+        r.register(
             "walbust_redis_round_trips",
             "Redis round trips, by target",
             self.round_trips.clone(),
         );
         r.register(
             "walbust_redis_errors",
-            "Failed applies (retried), by target",
+            "Redis errors by target and kind: connection, timeout, permission, configuration, readonly, out_of_memory, other (the batch is retried), and wrongtype (a key of the wrong type was replaced)",
             self.redis_errors.clone(),
         );
         r.register(
@@ -268,12 +275,23 @@ impl Metrics {
     }
 
     /// An apply to `target` failed (it is retried).
-    pub fn redis_error(&self, target: &str) {
-        self.redis_errors.get_or_create(&target_label(target)).inc();
-        self.redis_ok.store(false, Ordering::Relaxed);
+    pub fn redis_error(&self, target: &str, kind: &'static str) {
+        self.redis_errors
+            .get_or_create(&KindTarget {
+                kind,
+                target: target.to_string(),
+            })
+            .inc();
+        if kind != "wrongtype" {
+            self.redis_ok.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Every target applied the last batch, or answered the last ping.
+    pub fn redis_rollback(&self, target: &str) {
+        self.redis_rollbacks.get_or_create(&target_label(target)).inc();
+    }
+
     pub fn redis_reached(&self) {
         self.redis_ok.store(true, Ordering::Relaxed);
     }

@@ -19,12 +19,20 @@
 //!   mark ([`Sink::mark_gap`]) from before the slot is touched until the bump, so a crash in
 //!   between is finished at the next start.
 //!
+//! * **Watermark.** A sink with state writes, with its applied work, how far it applied
+//!   ([`Watermark`]: the position and the PostgreSQL system and timeline it belongs to), and
+//!   reports through [`Sink::take_rollback`] when the target later holds less than it was sent
+//!   (a restore from an older snapshot, lost AOF writes, a promoted lagging replica, a restart
+//!   empty). The daemon then replays from the slot, or bumps the epoch when the loss is older
+//!   than what the slot still holds.
+//!
 //! To add a target: implement [`Sink`], build it from its configuration entry in
 //! `daemon::targets`, and test it against the real service (see docs/architecture.md).
 
 pub mod dryrun;
 pub mod redis;
 
+pub use walbust_core::model::{Lsn, Origin};
 pub use walbust_core::plan::Batch;
 
 use std::future::Future;
@@ -40,6 +48,50 @@ pub enum SinkError {
     Redis(#[from] self::redis::RedisError),
     #[error("cannot write: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// How far a target applied, as the target itself keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub lsn: Lsn,
+    pub origin: Origin,
+}
+
+/// What [`Sink::read_watermark`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatermarkState {
+    /// The sink keeps no state (a printer): nothing can be lost.
+    NotKept,
+    /// The target holds no watermark: new, emptied, or never written by this version.
+    Missing,
+    Found(Watermark),
+}
+
+/// A target found holding less than it was sent: `had` is the watermark written to it, `now`
+/// what it holds (`None`: nothing, the target is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollback {
+    pub had: Lsn,
+    pub now: Option<Lsn>,
+}
+
+impl SinkError {
+    /// The failure's kind for metrics and logs (`connection`, `timeout`, `permission`,
+    /// `configuration`, `readonly`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Redis(e) => e.kind(),
+            SinkError::Io(_) => "io",
+        }
+    }
+
+    /// Retrying alone will not fix it: an operator must (it is still retried, loudly).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self.kind(),
+            "permission" | "configuration" | "readonly" | "out_of_memory"
+        )
+    }
 }
 
 /// A target of planned invalidations. See the module documentation for the contract.
@@ -74,6 +126,25 @@ pub trait Sink: Send {
     /// The gap is covered: forget the mark.
     fn clear_gap(&mut self) -> SinkFuture<'_, ()> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// The server the positions of the following batches belong to (written with the watermark).
+    fn set_origin(&mut self, _origin: &Origin) {}
+
+    /// Reads the target's watermark (at startup, before streaming); a sink that keeps one starts
+    /// comparing against it.
+    fn read_watermark(&mut self) -> SinkFuture<'_, WatermarkState> {
+        Box::pin(async { Ok(WatermarkState::NotKept) })
+    }
+
+    /// A rollback found since the last call (checked on every reconnect and idle ping).
+    fn take_rollback(&mut self) -> Option<Rollback> {
+        None
+    }
+
+    /// Keys of the wrong type the sink replaced since the last call (for metrics).
+    fn take_wrong_types(&mut self) -> u64 {
+        0
     }
 
     /// Round trips to the target since the last call (for metrics).

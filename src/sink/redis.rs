@@ -9,49 +9,143 @@
 //! * `delete_matching`: SCAN MATCH + UNLINK.
 //! * `publish`: one PUBLISH per transaction and channel, after the deletes.
 //!
+//! * the watermark: `<epoch key>:watermark`, a hash of `lsn`, `system`, `timeline` and `at`,
+//!   written in the same pipeline once a batch's work is complete in the target (a batch with
+//!   tags, whose drain may take more round trips, is recorded with the next pipeline or idle
+//!   check). Every reconnect and idle ping reads it back: less than was written is a rollback.
+//!
 //! Everything is idempotent: applying a batch twice is harmless.
 
-use super::{Batch, Sink, SinkFuture};
+use super::{Batch, Lsn, Origin, Rollback, Sink, SinkFuture, Watermark, WatermarkState};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use std::time::Duration;
 use walbust_core::plan::Actions;
 
-/// Sets each version key to its value when the value is greater (compared as decimal
-/// integers without leading zeros: by length, then lexicographically — exact for any u64).
+/// Moves each version key to a value it never held: the commit position when that is greater
+/// (compared as decimal integers without leading zeros: by length, then lexicographically —
+/// exact for any u64), else one more than it holds. The second case is a replay (one extra
+/// miss, never a return to an old version) or a position of a new timeline after a failover,
+/// which can be lower than what the key holds: the version must still change. A key of another
+/// type (or a string that is not a number) is replaced; the script returns those keys.
 const BUMP_SCRIPT: &str = r"
-local changed = 0
+local wrong = {}
 for i, key in ipairs(KEYS) do
   local new = ARGV[i]
-  local cur = redis.call('GET', key)
+  local cur = redis.pcall('GET', key)
+  if type(cur) == 'table' and cur.err then
+    redis.call('UNLINK', key)
+    cur = false
+    table.insert(wrong, key)
+  end
   if (not cur) or (#cur < #new) or (#cur == #new and cur < new) then
     redis.call('SET', key, new)
-    changed = changed + 1
+  else
+    local moved = redis.pcall('INCR', key)
+    if type(moved) == 'table' and moved.err then
+      redis.call('SET', key, new)
+      table.insert(wrong, key)
+    end
   end
 end
-return changed
+return wrong
 ";
 
 /// Pops up to ARGV[1] members of the tag set KEYS[1] and unlinks them, atomically; returns how
-/// many it removed (0 when the set is gone).
+/// many it removed (0 when the set is gone; -1 when the key was not a set: it is unlinked). When the set may hold more (a full chunk) and a
+/// watermark KEYS[2] is given, marks it `draining`: the batch is not complete until the rest is
+/// drained in later round trips, so the watermark must not claim it yet.
 const TAG_SCRIPT: &str = r"
-local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
+local members = redis.pcall('SPOP', KEYS[1], tonumber(ARGV[1]))
+if type(members) == 'table' and members.err then
+  redis.call('UNLINK', KEYS[1])
+  return -1
+end
 if #members > 0 then
   redis.call(ARGV[2], unpack(members))
 end
+if KEYS[2] and #members >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[2], 'draining', '1')
+end
 return #members
+";
+
+/// Advances the watermark KEYS[1] to ARGV = lsn, system, timeline, at — unless a tag of the same
+/// pipeline is still draining (see [`TAG_SCRIPT`]). Returns 1 when it advanced.
+const WATERMARK_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'draining') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'lsn', ARGV[1], 'system', ARGV[2], 'timeline', ARGV[3], 'at', ARGV[4])
+return 1
+";
+
+/// Moves the epoch KEYS[1] to a value never used before: one more than it holds, or the current
+/// time in microseconds (ARGV[1]) when that is greater. Not a plain INCR: a Redis restored from
+/// an older snapshot holds an older epoch, and INCR would land on one already handed out — and
+/// entries filled under it would be readable again.
+const EPOCH_SCRIPT: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local new = math.max(cur + 1, tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], string.format('%d', new))
+return new
 ";
 
 const CHUNK: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    #[error("redis target {target}: {source}")]
+    #[error("redis target {target}: {source}{}", hint(source))]
     Redis {
         target: String,
         #[source]
         source: redis::RedisError,
     },
+}
+
+impl RedisError {
+    /// What kind of failure, for `walbust_redis_errors_total{kind}` and for how loudly to say
+    /// it: `permission` and `configuration` do not go away by retrying.
+    pub fn kind(&self) -> &'static str {
+        let RedisError::Redis { source, .. } = self;
+        error_kind(source)
+    }
+}
+
+fn error_kind(e: &redis::RedisError) -> &'static str {
+    match e.code() {
+        Some("NOPERM" | "NOAUTH" | "WRONGPASS") => return "permission",
+        Some("MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN") => return "configuration",
+        Some("READONLY") => return "readonly",
+        Some("WRONGTYPE") => return "wrongtype",
+        Some("OOM") => return "out_of_memory",
+        _ => {}
+    }
+    let text = e.to_string();
+    if text.contains("cluster support disabled") || text.contains("NOSCRIPT") || text.contains("unknown command") {
+        return "configuration";
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return "permission";
+    }
+    if e.is_timeout() {
+        return "timeout";
+    }
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return "connection";
+    }
+    "other"
+}
+
+/// What to do about errors that retrying does not fix.
+fn hint(e: &redis::RedisError) -> &'static str {
+    match error_kind(e) {
+        "permission" => "; the user lacks a permission walbust needs (UNLINK/DEL, SET, GET, INCR, HSET, HGET, HMGET, HDEL, SPOP, SCAN, PUBLISH, EVAL, WAIT on its keys): fix the ACL or the password",
+        "configuration" => "; the target's mode does not match the configuration: set redis[].cluster to whether it is a Redis Cluster, and allow scripting (EVAL)",
+        "readonly" => "; the target is a read-only replica: point redis[].url at the primary",
+        "out_of_memory" => "; the target is out of memory (maxmemory with noeviction): raise maxmemory or use an evicting policy",
+        _ => "",
+    }
 }
 
 /// How deletes are issued.
@@ -99,6 +193,19 @@ pub struct RedisTarget {
     /// New connections that found the epoch key missing (a fresh or restarted target), since
     /// the last [`RedisTarget::take_epoch_resets`].
     epoch_resets: u64,
+    /// The server the positions belong to (written into the watermark).
+    origin: Origin,
+    /// The highest position whose work is complete in the target.
+    complete: Option<Lsn>,
+    /// The watermark known to be in the target (what a rollback is measured against).
+    in_target: Option<Lsn>,
+    /// A rollback seen and not yet taken by the daemon.
+    rollback: Option<Rollback>,
+    /// Keys of the wrong type replaced, since the last [`Sink::take_wrong_types`].
+    wrong_types: u64,
+    /// `WAIT <replicas> <timeout>` after every pipeline: the batch counts as applied only once
+    /// that many replicas have it.
+    wait: Option<(u32, Duration)>,
 }
 
 /// The URL without its password.
@@ -181,6 +288,12 @@ impl RedisTarget {
             round_trips: 0,
             epoch_key: None,
             epoch_resets: 0,
+            origin: Origin::default(),
+            complete: None,
+            in_target: None,
+            rollback: None,
+            wrong_types: 0,
+            wait: None,
         })
     }
 
@@ -193,6 +306,66 @@ impl RedisTarget {
     pub fn with_epoch_key(mut self, key: &str) -> RedisTarget {
         self.epoch_key = Some(key.to_string());
         self
+    }
+
+    /// Makes every pipeline end with `WAIT replicas timeout`: a batch is applied only once that
+    /// many replicas acknowledged it, so promoting one of them loses nothing acknowledged.
+    pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> RedisTarget {
+        self.wait = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// `<epoch key>:watermark`, kept only by targets with an epoch key (not by the second
+    /// connection used for delayed re-deletes).
+    fn watermark_key(&self) -> Option<String> {
+        self.epoch_key.as_ref().map(|epoch| format!("{epoch}:watermark"))
+    }
+
+    /// The watermark goes last in a pipeline: a target loses a suffix of what it was sent (AOF,
+    /// replication) or keeps a point in time (RDB), so a watermark it holds covers everything
+    /// sent before it.
+    fn add_watermark(&self, pipe: &mut redis::Pipeline, key: &str, lsn: Lsn) {
+        pipe.cmd("EVAL")
+            .arg(WATERMARK_SCRIPT)
+            .arg(1)
+            .arg(key)
+            .arg(lsn.0)
+            .arg(&self.origin.system)
+            .arg(self.origin.timeline)
+            .arg(crate::model::Timestamp::now().0)
+            .ignore();
+    }
+
+    /// Reads the watermark back (and writes a completed position not yet recorded). Less than
+    /// was written before is a rollback, kept for [`Sink::take_rollback`]. Without a watermark
+    /// this is a PING.
+    async fn check_watermark(&mut self, conn: &mut Conn) -> Result<(), RedisError> {
+        let Some(key) = self.watermark_key() else {
+            let r: redis::RedisResult<String> = redis::cmd("PING").query_async(conn).await;
+            return self.finish(r).map(|_| ());
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(&key).arg("lsn");
+        let write = self.complete.filter(|c| Some(*c) > self.in_target);
+        if let Some(lsn) = write {
+            self.add_watermark(&mut pipe, &key, lsn);
+        }
+        let r: redis::RedisResult<(Option<String>,)> = pipe.query_async(conn).await;
+        self.round_trips += 1;
+        let (stored,) = self.finish(r)?;
+        let stored = stored.and_then(|v| v.parse::<u64>().ok()).map(Lsn);
+        if let Some(had) = self.in_target {
+            if stored.is_none_or(|now| now < had) {
+                self.rollback = Some(Rollback { had, now: stored });
+                // Measured from what it holds now; the replay or the bump writes it again.
+                self.complete = stored;
+                self.in_target = stored;
+            }
+        }
+        if self.rollback.is_none() {
+            self.in_target = self.in_target.max(write);
+        }
+        Ok(())
     }
 
     /// How many fresh epochs were set since the last call (for the metric).
@@ -254,6 +427,10 @@ impl RedisTarget {
             (Backend::Cluster { conn, .. }, Conn::Cluster(c)) => *conn = Some(c.clone()),
             _ => {}
         }
+        // A reconnect may be to a server that restarted or was replaced: compare before use.
+        if self.in_target.is_some() {
+            self.check_watermark(&mut fresh).await?;
+        }
         Ok(fresh)
     }
 
@@ -261,11 +438,10 @@ impl RedisTarget {
         matches!(self.backend, Backend::Cluster { .. })
     }
 
-    /// Checks the target answers.
+    /// Checks the target answers, and that it still holds what it was sent (the watermark).
     pub async fn ping(&mut self) -> Result<(), RedisError> {
         let mut conn = self.connection().await?;
-        let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-        self.finish(r).map(|_| ())
+        self.check_watermark(&mut conn).await
     }
 
     /// Drops the connection after an error, so the next attempt reconnects.
@@ -284,7 +460,9 @@ impl RedisTarget {
         let actions = batch.merged();
         let mut conn = self.connection().await?;
         if let Conn::Cluster(cluster) = &conn {
-            return self.apply_cluster(cluster.clone(), actions).await;
+            self.apply_cluster(cluster.clone(), actions).await?;
+            self.completed(batch.last_end);
+            return Ok(());
         }
         // Patterns first: SCAN needs its own round trips (rare; discouraged by `check`).
         for pattern in &actions.delete_matching {
@@ -292,20 +470,97 @@ impl RedisTarget {
         }
         // Tags (first chunk of each), deletes, bumps and announcements: one pipelined round trip.
         let tags: Vec<&String> = actions.tags.iter().collect();
-        let Some(pipe) = self.pipeline(&tags, actions) else {
+        let Some(mut pipe) = self.pipeline(&tags, actions) else {
+            self.completed(batch.last_end);
             return Ok(());
         };
-        // Only the tag scripts' replies are kept: how many members each removed.
-        let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+        // The watermark goes with the work it covers (see TAG_SCRIPT for tags that need more
+        // round trips to drain).
+        let watermark_key = self.watermark_key();
+        let watermark = match (&watermark_key, batch.last_end) {
+            (Some(key), Some(end)) => {
+                self.add_watermark(&mut pipe, key, end);
+                Some(end)
+            }
+            _ => None,
+        };
+        if let Some((replicas, timeout)) = self.wait {
+            pipe.cmd("WAIT").arg(replicas).arg(timeout.as_millis() as u64);
+        }
+        // Replies kept: each tag script's (members removed, -1 for a key that was not a set),
+        // each bump chunk's (keys of the wrong type it replaced), then WAIT's.
+        let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
         self.round_trips += 1;
-        let removed = self.finish(r)?;
-        // Large tag sets: keep draining in bounded chunks.
+        let mut replies = self.finish(r)?;
+        let wait_reply = match self.wait {
+            Some(_) => replies.pop().and_then(|v| redis::from_redis_value::<i64>(v).ok()),
+            None => None,
+        };
+        let bumps = replies.split_off(tags.len().min(replies.len()));
+        let removed: Vec<i64> = replies
+            .into_iter()
+            .map(|v| redis::from_redis_value::<i64>(v).unwrap_or(0))
+            .collect();
+        let mut wrong: Vec<String> = tags
+            .iter()
+            .zip(&removed)
+            .filter(|(_, n)| **n < 0)
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for reply in bumps {
+            wrong.extend(redis::from_redis_value::<Vec<String>>(reply).unwrap_or_default());
+        }
+        self.replaced_wrong_types(&wrong);
+        if let (Some((replicas, timeout)), Some(acknowledged)) = (self.wait, wait_reply) {
+            if acknowledged < i64::from(replicas) {
+                return Err(self.err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "WAIT: not enough replicas acknowledged the batch",
+                    format!(
+                        "{acknowledged} of {replicas} within {timeout:?} (redis[].wait_replicas); applying it again"
+                    ),
+                ))));
+            }
+        }
+        // Large tag sets: keep draining in bounded chunks; then the watermark may advance.
+        let mut drained = false;
         for (key, first) in tags.iter().zip(removed) {
             if first >= CHUNK as i64 {
                 self.drain_tag(&mut conn, key).await?;
+                drained = true;
             }
         }
+        if let (true, Some(key), Some(end)) = (drained, &watermark_key, watermark) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HDEL").arg(key).arg("draining").ignore();
+            self.add_watermark(&mut pipe, key, end);
+            let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            self.round_trips += 1;
+            self.finish(r)?;
+        }
+        self.in_target = self.in_target.max(watermark);
+        self.completed(batch.last_end);
         Ok(())
+    }
+
+    /// Keys that held another type than walbust writes there (a tag that is not a set, a
+    /// version key that is not a number) were unlinked and written again: said and counted,
+    /// because something else writes walbust's keys.
+    fn replaced_wrong_types(&mut self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.wrong_types += keys.len() as u64;
+        tracing::warn!(
+            target = %self.name,
+            keys = ?keys,
+            "keys of the wrong type (WRONGTYPE: a tag that is not a set, a version key that is not a number) were unlinked and written again; find what else writes these keys"
+        );
+    }
+
+    /// Everything up to `end` is complete in the target.
+    fn completed(&mut self, end: Option<Lsn>) {
+        self.complete = self.complete.max(end);
     }
 
     /// SCAN MATCH `pattern` and delete what it finds.
@@ -342,13 +597,18 @@ impl RedisTarget {
     fn pipeline(&self, tags: &[&String], actions: &Actions) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
+        let watermark = self.watermark_key();
+        if let (Some(key), false) = (&watermark, tags.is_empty()) {
+            // A mark left by an attempt that failed halfway: this attempt drains again.
+            pipe.cmd("HDEL").arg(key).arg("draining").ignore();
+        }
         for key in tags {
-            pipe.cmd("EVAL")
-                .arg(TAG_SCRIPT)
-                .arg(1)
-                .arg(*key)
-                .arg(CHUNK)
-                .arg(self.delete_command.name());
+            let cmd = pipe.cmd("EVAL").arg(TAG_SCRIPT);
+            match &watermark {
+                Some(watermark) => cmd.arg(2).arg(*key).arg(watermark),
+                None => cmd.arg(1).arg(*key),
+            };
+            cmd.arg(CHUNK).arg(self.delete_command.name());
             commands += 1;
         }
         let deletes: Vec<&String> = actions.delete.iter().collect();
@@ -367,7 +627,7 @@ impl RedisTarget {
             for (_, value) in chunk {
                 cmd.arg(value.to_string());
             }
-            pipe.add_command(cmd).ignore();
+            pipe.add_command(cmd);
             commands += 1;
         }
         for (channel, payload) in &actions.publish {
@@ -408,10 +668,17 @@ impl RedisTarget {
         Ok(())
     }
 
-    /// Increments the global epoch key (a gap in the slot's history: forget everything).
+    /// Moves the global epoch key to a value never used before (a gap in the slot's history:
+    /// forget everything).
     pub async fn bump_epoch(&mut self, key: &str) -> Result<i64, RedisError> {
         let mut conn = self.connection().await?;
-        let r: redis::RedisResult<i64> = redis::cmd("INCR").arg(key).query_async(&mut conn).await;
+        let r: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(EPOCH_SCRIPT)
+            .arg(1)
+            .arg(key)
+            .arg(crate::model::Timestamp::now().0)
+            .query_async(&mut conn)
+            .await;
         self.finish(r)
     }
 
@@ -499,7 +766,60 @@ impl Sink for RedisTarget {
     fn take_epoch_resets(&mut self) -> u64 {
         RedisTarget::take_epoch_resets(self)
     }
+
+    fn set_origin(&mut self, origin: &Origin) {
+        if self.origin != *origin {
+            self.origin = origin.clone();
+        }
+    }
+
+    fn read_watermark(&mut self) -> SinkFuture<'_, WatermarkState> {
+        Box::pin(async move {
+            let Some(key) = self.watermark_key() else {
+                return Ok(WatermarkState::NotKept);
+            };
+            let mut conn = self.connection().await?;
+            // A `draining` mark left by a process that stopped halfway through a large tag
+            // belongs to a batch after the watermark, which the slot sends again.
+            let r: redis::RedisResult<(StoredWatermark,)> = redis::pipe()
+                .cmd("HMGET")
+                .arg(&key)
+                .arg("lsn")
+                .arg("system")
+                .arg("timeline")
+                .cmd("HDEL")
+                .arg(&key)
+                .arg("draining")
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            let ((lsn, system, timeline),) = self.finish(r)?;
+            let Some(lsn) = lsn.and_then(|l| l.parse::<u64>().ok()).map(Lsn) else {
+                return Ok(WatermarkState::Missing);
+            };
+            self.in_target = Some(lsn);
+            self.complete = Some(lsn);
+            Ok(WatermarkState::Found(Watermark {
+                lsn,
+                origin: Origin {
+                    system: system.unwrap_or_default(),
+                    timeline: timeline.unwrap_or(0),
+                },
+            }))
+        })
+    }
+
+    fn take_rollback(&mut self) -> Option<Rollback> {
+        self.rollback.take()
+    }
+
+    fn take_wrong_types(&mut self) -> u64 {
+        std::mem::take(&mut self.wrong_types)
+    }
 }
+
+/// The watermark's `lsn`, `system` and `timeline` fields as stored.
+type StoredWatermark = (Option<String>, Option<String>, Option<u32>);
 
 /// A connection to either kind of target.
 #[derive(Clone)]

@@ -34,6 +34,13 @@ pub enum StreamError {
     Decode { lsn: Lsn, source: DecodeError },
     #[error("the server ended the replication stream")]
     Ended,
+    #[error("the server is not the one streamed from before (system identifier {before_system} timeline {before_timeline}, now {now_system} timeline {now_timeline}): a failover or restore, so LSNs start over and changes in between may be missing; on_gap = \"bump_epoch\" invalidates everything and continues")]
+    OriginChanged {
+        before_system: String,
+        before_timeline: u32,
+        now_system: String,
+        now_timeline: u32,
+    },
 }
 
 impl StreamError {

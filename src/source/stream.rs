@@ -33,6 +33,7 @@ pub use super::error::StreamError;
 use super::slot::{create_slot, quote_ident, quote_literal, slot_info};
 use crate::decode::frames::{parse_server_frame, pg_now_micros, standby_status_update, ServerFrame};
 use crate::decode::pgoutput::Decoder;
+pub use crate::model::Origin;
 use crate::model::{Event, Lsn};
 use crate::retry::Backoff;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +111,16 @@ pub struct RawMessage {
 /// applier writes it ([`Progress::mark_applied`], only after every sink returned `Ok`); the
 /// stream task reads it to acknowledge; metrics and `/readyz` read it. It outlives a stream (a
 /// restarted stream after gap recovery gets the same one).
+///
+/// # Durability window
+///
+/// What a target applied is acknowledged to PostgreSQL only once it has been applied for
+/// `durability_window` ([`Progress::acknowledgeable`]): a Redis that loses its last second of
+/// writes (AOF `everysec`, a snapshot restore, a promoted lagging replica) has lost only
+/// positions the slot can still send again. When a target reports such a loss, the applier
+/// calls [`Progress::rewind_for_replay`]: applied positions not yet acknowledged are forgotten,
+/// the generation moves on (batches planned before are applied but no longer count), and the
+/// daemon restarts the stream from the slot.
 #[derive(Debug, Default)]
 pub struct Progress {
     applied: AtomicU64,
@@ -121,13 +132,110 @@ pub struct Progress {
     connected: std::sync::atomic::AtomicBool,
     /// Where a temporary slot this stream created started (0: none created).
     temporary_slot_start: AtomicU64,
+    /// Applied positions not yet older than the durability window, oldest first.
+    window: std::sync::Mutex<Window>,
+    /// Moves on at every rewind; batches planned in an older generation do not count.
+    generation: AtomicU64,
+    /// Wakes the daemon when a rewind asks for the stream to be restarted from the slot.
+    replay: tokio::sync::Notify,
+    /// The server the stream last connected to.
+    origin: std::sync::Mutex<Option<Origin>>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    length: Duration,
+    applied: std::collections::VecDeque<(Instant, u64)>,
+    /// The highest position applied at least `length` ago.
+    durable: u64,
+}
+
+impl Window {
+    fn advance(&mut self, now: Instant) -> u64 {
+        while let Some(&(at, lsn)) = self.applied.front() {
+            if now.saturating_duration_since(at) < self.length {
+                break;
+            }
+            self.durable = self.durable.max(lsn);
+            self.applied.pop_front();
+        }
+        self.durable
+    }
 }
 
 impl Progress {
+    /// Positions become acknowledgeable `window` after they were applied.
+    pub fn with_durability_window(window: Duration) -> Progress {
+        let progress = Progress::default();
+        progress.lock_window().length = window;
+        progress
+    }
+
+    fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
+        // A panic while holding it leaves plain data behind: keep using it.
+        self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Reports that everything up to `lsn` is applied (same as [`Stream::applied`]).
     pub fn mark_applied(&self, lsn: Lsn) {
+        let mut window = self.lock_window();
         self.applied.fetch_max(lsn.0, Ordering::AcqRel);
+        if window.length.is_zero() {
+            window.durable = window.durable.max(lsn.0);
+        } else if window.applied.back().is_none_or(|&(_, last)| last < lsn.0) {
+            window.applied.push_back((Instant::now(), lsn.0));
+        }
     }
+
+    /// [`Progress::mark_applied`] for a batch planned in `generation`: ignored when a rewind
+    /// happened since (the batch was applied, but what came before it may not have been).
+    pub fn mark_applied_in(&self, generation: u64, lsn: Lsn) -> bool {
+        if generation != self.generation() {
+            return false;
+        }
+        self.mark_applied(lsn);
+        true
+    }
+
+    /// The highest position every target applied at least the durability window ago: what may
+    /// be acknowledged to PostgreSQL.
+    pub fn acknowledgeable(&self) -> Lsn {
+        Lsn(self.lock_window().advance(Instant::now()))
+    }
+
+    /// Decides the position to report from the acknowledgeable one and records it as reported,
+    /// atomically with respect to [`Progress::rewind_for_replay`].
+    pub fn claim_report(&self, decide: impl FnOnce(Lsn) -> Lsn) -> Lsn {
+        let mut window = self.lock_window();
+        let position = decide(Lsn(window.advance(Instant::now())));
+        self.reported.fetch_max(position.0, Ordering::AcqRel);
+        position
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A target lost applied work that the slot can still send: forget every applied position
+    /// after the acknowledged one, move to a new generation, and wake the daemon to restart the
+    /// stream from the slot. Returns the position replay starts after.
+    pub fn rewind_for_replay(&self) -> Lsn {
+        let mut window = self.lock_window();
+        let reported = self.reported.load(Ordering::Acquire);
+        window.applied.clear();
+        window.durable = window.durable.min(reported);
+        self.applied.store(reported, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(window);
+        self.replay.notify_one();
+        Lsn(reported)
+    }
+
+    /// Completes when [`Progress::rewind_for_replay`] asked for a replay.
+    pub async fn replay_requested(&self) {
+        self.replay.notified().await
+    }
+
     pub fn applied(&self) -> Lsn {
         Lsn(self.applied.load(Ordering::Acquire))
     }
@@ -140,12 +248,23 @@ impl Progress {
     pub fn server_wal_end(&self) -> Lsn {
         Lsn(self.server_wal_end.load(Ordering::Acquire))
     }
+    /// The server the stream last connected to (system identifier and timeline).
+    pub fn origin(&self) -> Option<Origin> {
+        self.origin.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn set_origin(&self, origin: Origin) {
+        *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin);
+    }
     /// Forgets the positions of a slot that is gone (gap recovery): the new slot's positions
     /// start over, and nothing reported on the old one may be reported on it.
     pub fn restart_for_new_slot(&self) {
+        let mut window = self.lock_window();
+        window.applied.clear();
+        window.durable = 0;
         self.applied.store(0, Ordering::Release);
         self.reported.store(0, Ordering::Release);
         self.server_wal_end.store(0, Ordering::Release);
+        *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Where the temporary slot started, once the stream created it.
@@ -160,6 +279,9 @@ impl Progress {
 
 /// A running replication stream.
 pub struct Stream {
+    config: StreamConfig,
+    /// While released ([`Stream::release`]): keeps the channel open so `recv` waits.
+    parked: Option<mpsc::Sender<StreamItem>>,
     rx: mpsc::Receiver<StreamItem>,
     progress: Arc<Progress>,
     shutdown: watch::Sender<bool>,
@@ -176,8 +298,10 @@ impl Stream {
     pub fn start_with(config: StreamConfig, progress: Arc<Progress>) -> Stream {
         let (tx, rx) = mpsc::channel(config.channel_batches.max(1));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(run(config, tx, progress.clone(), shutdown_rx));
+        let task = tokio::spawn(run(config.clone(), tx, progress.clone(), shutdown_rx));
         Stream {
+            config,
+            parked: None,
             rx,
             progress,
             shutdown,
@@ -191,11 +315,40 @@ impl Stream {
 
     /// Reports that everything up to `lsn` (a Commit's `end_lsn`) is applied. Never moves back.
     pub fn applied(&self, lsn: Lsn) {
-        self.progress.applied.fetch_max(lsn.0, Ordering::AcqRel);
+        self.progress.mark_applied(lsn);
     }
 
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// Ends this stream (final status update, slot released) and starts it again from the
+    /// slot's acknowledged position: everything after it is sent again.
+    pub async fn restart(&mut self) {
+        let (tx, shutdown_rx) = self.stop_task().await;
+        self.parked = None;
+        self.task = tokio::spawn(run(self.config.clone(), tx, self.progress.clone(), shutdown_rx));
+    }
+
+    /// Ends this stream and releases the slot (another instance may take it) until
+    /// [`Stream::restart`]; meanwhile `recv` waits.
+    pub async fn release(&mut self) {
+        let (tx, _) = self.stop_task().await;
+        self.parked = Some(tx);
+    }
+
+    /// Stops the running task (final status update, connection closed) and gives a fresh
+    /// channel and shutdown signal for the next one.
+    async fn stop_task(&mut self) -> (mpsc::Sender<StreamItem>, watch::Receiver<bool>) {
+        let (tx, rx) = mpsc::channel(self.config.channel_batches.max(1));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let _ = self.shutdown.send(true);
+        self.rx = rx;
+        let old = std::mem::replace(&mut self.shutdown, shutdown);
+        let task = std::mem::replace(&mut self.task, tokio::spawn(std::future::ready(())));
+        let _ = task.await;
+        drop(old);
+        (tx, shutdown_rx)
     }
 
     /// Stops reading, sends a final status update with the applied position, closes.
@@ -288,10 +441,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The position to report: applied, or the server's WAL end when nothing is in flight.
+    /// The position to report: applied (and older than the durability window), or the
+    /// server's WAL end when nothing is in flight.
     fn ack_position(&self) -> Lsn {
         ack_position(
-            self.progress.applied(),
+            self.progress.acknowledgeable(),
             self.forwarded_end,
             self.in_transaction,
             self.server_wal_end,
@@ -300,11 +454,20 @@ impl<'a> Session<'a> {
     }
 
     async fn send_status(&mut self, conn: &mut ReplicationConnection, reply: bool) -> Result<(), StreamError> {
-        let position = self.ack_position();
+        let (forwarded_end, in_transaction, server_wal_end, reported) = (
+            self.forwarded_end,
+            self.in_transaction,
+            self.server_wal_end,
+            self.reported,
+        );
+        // Decided and recorded as reported in one step, so a rewind never misses a position
+        // that is about to reach the server.
+        let position = self.progress.claim_report(|acknowledgeable| {
+            ack_position(acknowledgeable, forwarded_end, in_transaction, server_wal_end, reported)
+        });
         conn.send_copy_data(&standby_status_update(position, pg_now_micros(), reply))
             .await?;
         self.reported = position;
-        self.progress.reported.fetch_max(position.0, Ordering::AcqRel);
         self.last_status = Instant::now();
         Ok(())
     }
@@ -319,6 +482,7 @@ impl<'a> Session<'a> {
         } else {
             preflight(&mut conn, self.config, self.may_create_slot).await?;
         }
+        self.check_origin(&mut conn).await?;
         let command = format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
             quote_ident(&self.config.slot),
@@ -331,6 +495,29 @@ impl<'a> Session<'a> {
         self.progress.connected.store(true, Ordering::Release);
         tracing::info!(slot = %self.config.slot, publication = %self.config.publication, target = conn.target(), "replication started");
         Ok(conn)
+    }
+
+    /// IDENTIFY_SYSTEM: the first connection records the server; a later one to a different
+    /// system or timeline (a promoted standby, a restore) is a gap — its LSNs are not
+    /// comparable with what was acknowledged before.
+    async fn check_origin(&mut self, conn: &mut ReplicationConnection) -> Result<(), StreamError> {
+        let identity = conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let now = Origin {
+            system: identity.first("systemid").unwrap_or_default().to_string(),
+            timeline: identity.first("timeline").and_then(|t| t.parse().ok()).unwrap_or(0),
+        };
+        match self.progress.origin() {
+            Some(before) if before != now => Err(StreamError::OriginChanged {
+                before_system: before.system,
+                before_timeline: before.timeline,
+                now_system: now.system,
+                now_timeline: now.timeline,
+            }),
+            _ => {
+                self.progress.set_origin(now);
+                Ok(())
+            }
+        }
     }
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> Result<(), StreamError> {
@@ -625,6 +812,48 @@ async fn preflight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn applied_positions_are_acknowledgeable_only_after_the_durability_window() {
+        let progress = Progress::with_durability_window(Duration::from_millis(200));
+        progress.mark_applied(Lsn(100));
+        assert_eq!(progress.applied(), Lsn(100));
+        assert_eq!(progress.acknowledgeable(), Lsn(0), "inside the window");
+        std::thread::sleep(Duration::from_millis(120));
+        progress.mark_applied(Lsn(200));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            progress.acknowledgeable(),
+            Lsn(100),
+            "the first is older than the window"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(progress.acknowledgeable(), Lsn(200));
+        // Zero window: at once.
+        let at_once = Progress::default();
+        at_once.mark_applied(Lsn(7));
+        assert_eq!(at_once.acknowledgeable(), Lsn(7));
+    }
+
+    #[test]
+    fn a_rewind_forgets_unacknowledged_positions_and_batches_planned_before_it() {
+        let progress = Progress::with_durability_window(Duration::from_millis(50));
+        progress.mark_applied(Lsn(100));
+        std::thread::sleep(Duration::from_millis(60));
+        let reported = progress.claim_report(|ack| ack);
+        assert_eq!(reported, Lsn(100));
+        progress.mark_applied(Lsn(300));
+        let generation = progress.generation();
+        assert_eq!(progress.rewind_for_replay(), Lsn(100));
+        assert_eq!(progress.applied(), Lsn(100));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(progress.acknowledgeable(), Lsn(100), "300 was forgotten");
+        // A batch planned before the rewind and applied after it does not count.
+        assert!(!progress.mark_applied_in(generation, Lsn(400)));
+        assert_eq!(progress.applied(), Lsn(100));
+        assert!(progress.mark_applied_in(progress.generation(), Lsn(400)));
+        assert_eq!(progress.applied(), Lsn(400));
+    }
 
     #[test]
     fn a_new_slot_is_never_acknowledged_with_the_old_slots_positions() {

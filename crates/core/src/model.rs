@@ -11,6 +11,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The PostgreSQL server a position belongs to: LSNs compare only within one system identifier
+/// and timeline (after a failover or a point-in-time restore they start over).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub system: String,
+    pub timeline: u32,
+}
+
 /// A WAL position (PostgreSQL `pg_lsn`), printed as `X/Y` in upper-case hex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
