@@ -843,7 +843,7 @@ async fn a_redis_restored_from_an_older_snapshot_is_replayed_from_the_slot() {
         "acknowledged before the durability window passed"
     );
     std::thread::sleep(Duration::from_secs(1));
-    redis.restart().unwrap();
+    redis.restart_from_snapshot().unwrap();
     let mut c = conn(&redis);
     assert_eq!(
         cached_entries(&mut c, 100),
@@ -893,7 +893,7 @@ async fn a_restore_older_than_the_window_bumps_the_epoch_running_and_at_startup(
     let updated = fill_snapshot_update(&pg, &mut c, 20);
     wait_until("acknowledged after the window", || confirmed(&pg) >= updated);
     let epoch: i64 = c.get("walbust:epoch").unwrap();
-    redis.restart().unwrap();
+    redis.restart_from_snapshot().unwrap();
     let mut c = conn(&redis);
     wait_until("epoch bumped after the restore", || {
         c.get::<_, i64>("walbust:epoch").unwrap() > epoch
@@ -914,7 +914,7 @@ async fn a_restore_older_than_the_window_bumps_the_epoch_running_and_at_startup(
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
     let epoch: i64 = c.get("walbust:epoch").unwrap();
-    redis.restart().unwrap();
+    redis.restart_from_snapshot().unwrap();
     let mut c = conn(&redis);
     let (stop_tx, daemon) = start(cfg);
     wait_until("epoch bumped at startup", || {

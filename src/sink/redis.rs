@@ -917,6 +917,11 @@ impl RedisTarget {
                 .ignore();
         }
         self.run_pipelines(&conn, per_slot).await?;
+        // A tag's members: read a chunk, unlink them, remove them from the set, unlink them
+        // again. A crash before the SREM leaves them in the set for the replay; a reader that
+        // refilled a member between the first UNLINK and the SREM (and filed it under the tag
+        // again) is caught by the second UNLINK, instead of being dropped from the set with its
+        // stale value in place.
         for tag in &actions.tags {
             loop {
                 let mut c = conn.clone();
@@ -927,19 +932,11 @@ impl RedisTarget {
                 if members.is_empty() {
                     break;
                 }
-                let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
-                for m in &members {
-                    per_slot
-                        .entry(key_slot(m.as_bytes()))
-                        .or_default()
-                        .cmd(self.delete_command.name())
-                        .arg(m)
-                        .ignore();
-                }
-                self.run_pipelines(&conn, per_slot).await?;
+                self.run_pipelines(&conn, self.unlink_per_slot(&members)).await?;
                 let r: redis::RedisResult<i64> = redis::cmd("SREM").arg(tag).arg(&members).query_async(&mut c).await;
                 self.round_trips += 1;
                 self.finish(r)?;
+                self.run_pipelines(&conn, self.unlink_per_slot(&members)).await?;
             }
         }
         for (channel, payload) in &actions.publish {
@@ -953,6 +950,20 @@ impl RedisTarget {
             self.finish(r)?;
         }
         Ok(())
+    }
+
+    /// One pipeline per hash slot unlinking `keys`.
+    fn unlink_per_slot(&self, keys: &[String]) -> std::collections::HashMap<u16, redis::Pipeline> {
+        let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
+        for key in keys {
+            per_slot
+                .entry(key_slot(key.as_bytes()))
+                .or_default()
+                .cmd(self.delete_command.name())
+                .arg(key)
+                .ignore();
+        }
+        per_slot
     }
 
     async fn run_pipelines(

@@ -24,16 +24,24 @@ pub enum Fault {
     PgRestart,
     /// A standby walbust takes over from the active one (kill -9).
     Takeover,
+    /// Redis `SAVE`, 1 s more of the workload, kill -9 and restart from that snapshot: the
+    /// invalidations of that second are gone from Redis (as after a restore from an older
+    /// snapshot or the promotion of a lagging replica).
+    RdbRestore,
+    /// Redis with `appendonly yes` / `appendfsync everysec`, kill -9, restart from the AOF.
+    AofKill9,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 8] = [
         Fault::Kill9,
         Fault::RedisRestart,
         Fault::RedisStop,
         Fault::TerminateWalsender,
         Fault::PgRestart,
         Fault::Takeover,
+        Fault::RdbRestore,
+        Fault::AofKill9,
     ];
 
     /// The name `--faults` takes.
@@ -45,6 +53,8 @@ impl Fault {
             Fault::TerminateWalsender => "terminate-walsender",
             Fault::PgRestart => "pg-restart",
             Fault::Takeover => "takeover",
+            Fault::RdbRestore => "rdb-restore",
+            Fault::AofKill9 => "aof-kill9",
         }
     }
 
@@ -56,6 +66,8 @@ impl Fault {
             Fault::TerminateWalsender => "pg_terminate_backend(walsender)",
             Fault::PgRestart => "postgresql fast restart",
             Fault::Takeover => "takeover by standby walbust",
+            Fault::RdbRestore => "redis restored from a 1 s old snapshot",
+            Fault::AofKill9 => "redis AOF everysec, kill -9",
         }
     }
 }
@@ -73,7 +85,6 @@ impl std::str::FromStr for Fault {
 /// How long a fault may keep walbust from streaming before the cycle goes on regardless.
 const RECOVER: Duration = Duration::from_secs(30);
 
-/// Injects fault number `cycle` (round robin over the six kinds).
 /// Injects one fault; returns how long until walbust streamed again, where that applies.
 pub(super) async fn inject(
     fault: Fault,
@@ -106,6 +117,18 @@ pub(super) async fn inject(
             Ok(wait_active(pg, RECOVER, None).await)
         }
         Fault::Takeover => take_over(pg, daemons, bin).await,
+        Fault::RdbRestore => {
+            blocking(|| redis.save())?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            blocking(|| redis.restart_from_snapshot())?;
+            Ok(None)
+        }
+        Fault::AofKill9 => {
+            blocking(|| redis.enable_aof())?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            blocking(|| redis.restart_from_aof())?;
+            Ok(None)
+        }
     }
 }
 

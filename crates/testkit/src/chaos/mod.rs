@@ -106,7 +106,7 @@ impl ChaosOptions {
     pub fn short(walbust_bin: PathBuf) -> ChaosOptions {
         ChaosOptions {
             walbust_bin,
-            cycles: 6,
+            cycles: Fault::ALL.len(),
             faults: Fault::ALL.to_vec(),
             cycle: Duration::from_secs(8),
             min_writes: 0,

@@ -43,6 +43,10 @@ impl RedisInstance {
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
+        self.spawn_with(&[])
+    }
+
+    fn spawn_with(&mut self, more_args: &[&str]) -> Result<(), HarnessError> {
         let log = self.dir.join("redis.log");
         let child = Command::new("redis-server")
             .args([
@@ -60,6 +64,7 @@ impl RedisInstance {
             .arg("--logfile")
             .arg(&log)
             .args(&self.extra_args)
+            .args(more_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -104,10 +109,75 @@ impl RedisInstance {
         self.kill();
     }
 
-    /// Kills and starts again on the same port (with an empty dataset).
+    /// Kills and starts again on the same port with an empty dataset (any snapshot or AOF
+    /// left by [`RedisInstance::save`] or [`RedisInstance::enable_aof`] is removed first).
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill();
+        self.remove_persistence();
         self.spawn()
+    }
+
+    /// kill -9 and start again on the same port from what is on disk: the snapshot of the last
+    /// [`RedisInstance::save`] (a restore from an older snapshot).
+    pub fn restart_from_snapshot(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        self.spawn()
+    }
+
+    /// kill -9 and start again from the append-only file (see [`RedisInstance::enable_aof`]);
+    /// afterwards the AOF is switched off and removed again.
+    pub fn restart_from_aof(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.spawn_with(&["--appendonly", "yes"])?;
+        self.command(&["CONFIG", "SET", "appendonly", "no"])?;
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        Ok(())
+    }
+
+    /// `SAVE`: a snapshot on disk that [`RedisInstance::restart_from_snapshot`] loads.
+    pub fn save(&self) -> Result<(), HarnessError> {
+        self.command(&["SAVE"])
+    }
+
+    /// Switches on the append-only file with `appendfsync everysec` and waits for its first
+    /// rewrite.
+    pub fn enable_aof(&self) -> Result<(), HarnessError> {
+        self.command(&["CONFIG", "SET", "appendfsync", "everysec"])?;
+        self.command(&["CONFIG", "SET", "appendonly", "yes"])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let info = self.query(&["INFO", "persistence"])?;
+            if info.contains("aof_enabled:1") && info.contains("aof_rewrite_in_progress:0") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(HarnessError::NotReady("redis AOF rewrite".into(), String::new()))
+    }
+
+    fn remove_persistence(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+    }
+
+    fn command(&self, args: &[&str]) -> Result<(), HarnessError> {
+        self.query(args).map(|_| ())
+    }
+
+    /// Runs a command with redis-cli; its output.
+    fn query(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map_err(HarnessError::Io)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || text.starts_with("ERR") {
+            return Err(HarnessError::NotReady(format!("redis-cli {}", args.join(" ")), text));
+        }
+        Ok(text)
     }
 
     fn kill(&mut self) {
