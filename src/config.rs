@@ -26,6 +26,7 @@ pub const DEFAULT_MAX_BATCH_ACTIONS: usize = 5_000;
 pub const DEFAULT_EPOCH_KEY: &str = crate::sink::redis::DEFAULT_EPOCH_KEY;
 pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_BUFFER_BATCHES: usize = 16;
+pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_READY_MAX_LAG_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,6 +164,9 @@ pub struct ApplyConfig {
     pub retry_max_delay: Duration,
     /// Batches of events buffered between the stream and the applier (bounds memory).
     pub buffer_batches: usize,
+    /// Bytes of WAL messages buffered between the stream and the applier, at most (bounds
+    /// memory whatever the row width).
+    pub buffer_bytes: usize,
     /// Applied positions are acknowledged to PostgreSQL only this long after every target
     /// applied them, so what a target loses within it can be replayed from the slot.
     #[serde(with = "duration_text")]
@@ -184,6 +188,7 @@ impl Default for ApplyConfig {
             epoch_key: DEFAULT_EPOCH_KEY.into(),
             retry_max_delay: DEFAULT_RETRY_MAX_DELAY,
             buffer_batches: DEFAULT_BUFFER_BATCHES,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             durability_window: DEFAULT_DURABILITY_WINDOW,
             release_slot_after: DEFAULT_RELEASE_SLOT_AFTER,
         }
@@ -494,6 +499,8 @@ impl Config {
         self.validate_redis()?;
         for (field, value) in [
             ("apply.max_batch_actions", self.apply.max_batch_actions),
+            ("apply.buffer_batches", self.apply.buffer_batches),
+            ("apply.buffer_bytes", self.apply.buffer_bytes),
             ("rules.max_keys_per_transaction", self.rules.max_keys_per_transaction),
         ] {
             if value == 0 {

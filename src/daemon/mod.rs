@@ -178,6 +178,7 @@ fn stream_config(config: &Validated, connect: &ConnectOptions) -> StreamConfig {
     s.status_interval = cfg.postgres.status_interval;
     s.backoff_max = cfg.postgres.reconnect_max_delay;
     s.channel_batches = cfg.apply.buffer_batches.max(1);
+    s.buffer_bytes = cfg.apply.buffer_bytes;
     s
 }
 
@@ -434,6 +435,16 @@ impl Daemon {
                 }
                 self.batch.add_owned(txn);
                 self.summary.transactions += 1;
+            } else if self.planner.pending_keys() >= self.config.apply.max_batch_actions {
+                // A large transaction goes out in parts as it arrives: memory stays bounded by
+                // the batch size, not the transaction's (its position only at its commit).
+                if let Some(part) = self.planner.take_part() {
+                    record_notes(&part, &self.context.metrics);
+                    if self.batch.is_empty() {
+                        self.batch_started = Some(Instant::now());
+                    }
+                    self.batch.add_part(part);
+                }
             }
         }
         self.context.metrics.changes(&self.change_counts);

@@ -52,6 +52,10 @@ pub struct StreamConfig {
     pub status_interval: Duration,
     /// Events per batch handed to the consumer.
     pub batch_events: usize,
+    /// Bytes of WAL messages buffered between the task and the consumer, at most: a batch is
+    /// handed over at `buffer_bytes / channel_batches` bytes or `batch_events` events, whichever
+    /// comes first, so wide rows cannot make the buffer grow by their width.
+    pub buffer_bytes: usize,
     /// Batches buffered between the task and the consumer (bounds memory).
     pub channel_batches: usize,
     pub backoff_initial: Duration,
@@ -73,6 +77,7 @@ impl StreamConfig {
             create_slot: false,
             status_interval: Duration::from_secs(10),
             batch_events: 1024,
+            buffer_bytes: 64 << 20,
             channel_batches: 16,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
@@ -531,7 +536,12 @@ impl<'a> Session<'a> {
         let mut ack_timer = tokio::time::interval(Duration::from_millis(100));
         ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if !pending.is_empty() && (pending.len() >= self.config.batch_events || !conn.has_buffered_message()) {
+            let batch_bytes = self.config.buffer_bytes / self.config.channel_batches.max(1);
+            if !pending.is_empty()
+                && (pending.len() >= self.config.batch_events
+                    || pending.bytes >= batch_bytes
+                    || !conn.has_buffered_message())
+            {
                 let items = pending.take(self.config.raw_messages);
                 for item in items.into_iter().flatten() {
                     self.deliver(&mut conn, item, shutdown, &mut status_timer).await?;
@@ -583,6 +593,9 @@ impl<'a> Session<'a> {
                 if let Some(event) = &event {
                     self.track(event);
                 }
+                // What the message costs buffered: its bytes (decoded values are about as
+                // large) plus the event's fixed part.
+                pending.bytes += data.len() + EVENT_OVERHEAD_BYTES;
                 if self.config.raw_messages {
                     pending.raw.push(RawMessage {
                         lsn: start,
@@ -676,7 +689,12 @@ struct Pending {
     /// A keepalive's WAL end, delivered after the messages before it (raw mode).
     idle: Option<Lsn>,
     capacity: usize,
+    /// Approximate bytes of what is pending.
+    bytes: usize,
 }
+
+/// The fixed part of a buffered event beyond its message bytes (the enum, vectors, counts).
+const EVENT_OVERHEAD_BYTES: usize = 96;
 
 impl Pending {
     fn new(capacity: usize) -> Pending {
@@ -685,6 +703,7 @@ impl Pending {
             raw: Vec::new(),
             idle: None,
             capacity,
+            bytes: 0,
         }
     }
 
@@ -698,6 +717,7 @@ impl Pending {
 
     /// What to hand over, in order (no allocation per delivery: this runs per batch).
     fn take(&mut self, raw: bool) -> [Option<StreamItem>; 2] {
+        self.bytes = 0;
         if !raw {
             let events = std::mem::replace(&mut self.events, Vec::with_capacity(self.capacity));
             return [Some(StreamItem::Events(events)), None];

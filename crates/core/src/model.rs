@@ -353,6 +353,9 @@ pub enum Event {
     /// A transaction starts. Changes until the matching `Commit` belong to it.
     Begin {
         xid: Option<u32>,
+        /// The LSN its commit record will have (pgoutput says so at BEGIN): what its version
+        /// bumps become, known before the transaction's end.
+        final_lsn: Option<Lsn>,
     },
     Change(Change),
     /// The transaction committed; its changes take effect.

@@ -358,9 +358,12 @@ impl Decoder {
     /// Applies an already parsed message.
     pub fn apply(&mut self, message: Message<'_>) -> Result<Option<Event>, DecodeError> {
         Ok(match message {
-            Message::Begin { xid, .. } => {
+            Message::Begin { xid, final_lsn, .. } => {
                 self.xid = Some(xid);
-                Some(Event::Begin { xid: Some(xid) })
+                Some(Event::Begin {
+                    xid: Some(xid),
+                    final_lsn: Some(final_lsn),
+                })
             }
             Message::Commit {
                 commit_lsn,
@@ -551,7 +554,13 @@ mod tests {
     fn begin_commit_round_trip() {
         let mut d = Decoder::new();
         let begin = B::new(b'B').i64(0x16B3748).i64(0).i32(731).0;
-        assert_eq!(d.decode(&begin).unwrap(), Some(Event::Begin { xid: Some(731) }));
+        assert_eq!(
+            d.decode(&begin).unwrap(),
+            Some(Event::Begin {
+                xid: Some(731),
+                final_lsn: None
+            })
+        );
         let commit = B::new(b'C').u8(0).i64(0x16B3748).i64(0x16B3778).i64(1_000_000).0;
         let Some(Event::Commit(info)) = d.decode(&commit).unwrap() else {
             panic!()

@@ -112,6 +112,8 @@ pub struct Batch {
     retained_merged: OnceLock<Actions>,
     retain: bool,
     pub transactions: u64,
+    /// Parts of transactions still in progress ([`Batch::add_part`]).
+    pub parts: u64,
     pub changes: u64,
     /// End LSN of the last transaction: the position to acknowledge once applied.
     pub last_end: Option<Lsn>,
@@ -137,6 +139,19 @@ impl Batch {
             self.retained.push(txn);
         } else {
             self.merged.merge_owned(txn);
+        }
+    }
+
+    /// Adds the part of a large transaction planned so far ([`super::Planner::take_part`]): its
+    /// actions, not a position (that comes with the transaction's last part, at its commit).
+    pub fn add_part(&mut self, part: PlannedTxn) {
+        self.parts += 1;
+        self.changes += part.changes;
+        if self.retain {
+            self.retained_merged = OnceLock::new();
+            self.retained.push(part);
+        } else {
+            self.merged.merge_owned(part);
         }
     }
 
@@ -188,7 +203,7 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.transactions == 0
+        self.transactions == 0 && self.parts == 0
     }
 
     pub fn clear(&mut self) {

@@ -111,6 +111,8 @@ pub struct Planner {
     in_transaction: bool,
     /// Changes seen since the last Begin/Commit, for reporting an unterminated tail.
     open_xid: Option<u32>,
+    /// The commit LSN of the transaction in progress, when the input says it at BEGIN.
+    final_lsn: Option<crate::model::Lsn>,
     /// Sort each transaction's actions (for output people read; see [`Planner::unsorted`]).
     sort: bool,
 }
@@ -126,6 +128,7 @@ impl Planner {
             current: TxnPlan::with_explain(explain),
             in_transaction: false,
             open_xid: None,
+            final_lsn: None,
             sort: true,
         }
     }
@@ -144,10 +147,11 @@ impl Planner {
     /// Feeds one event; returns the planned transaction at its commit.
     pub fn push(&mut self, event: &Event) -> Option<PlannedTxn> {
         match event {
-            Event::Begin { xid } => {
+            Event::Begin { xid, final_lsn } => {
                 self.current.clear();
                 self.in_transaction = true;
                 self.open_xid = *xid;
+                self.final_lsn = *final_lsn;
                 None
             }
             Event::Change(change) => {
@@ -173,6 +177,39 @@ impl Planner {
                 None
             }
         }
+    }
+
+    /// Keys collected so far for the transaction in progress.
+    pub fn pending_keys(&self) -> usize {
+        let c = &self.current;
+        c.delete.len() + c.bump.len() + c.tag_keys.len() + c.delete_matching.len()
+    }
+
+    /// Takes out the actions collected so far for the transaction in progress, so a huge
+    /// transaction is applied in parts as it arrives instead of held whole (its position is
+    /// still acknowledged only at its commit, so a crash replays it whole). `None` outside a
+    /// transaction, or when the input did not say the commit LSN at BEGIN (version bumps need
+    /// it). A key that comes again after a part was taken is applied again (harmless); the
+    /// fan-out breaker keeps counting across parts, and announcements go out per part.
+    pub fn take_part(&mut self) -> Option<PlannedTxn> {
+        if !self.in_transaction {
+            return None;
+        }
+        let lsn = self.final_lsn?;
+        let rule_keys = std::mem::take(&mut self.current.rule_keys);
+        let escalated = std::mem::take(&mut self.current.escalated);
+        let publish = self.current.publish.clone();
+        let commit = CommitInfo {
+            xid: self.open_xid,
+            lsn: Some(lsn),
+            end_lsn: None,
+            commit_time: None,
+        };
+        let part = take(&mut self.current, commit, self.engine.rules(), self.sort);
+        self.current.rule_keys = rule_keys;
+        self.current.escalated = escalated;
+        self.current.publish = publish;
+        Some(part)
     }
 
     /// At end of input: the number of changes of a transaction that never committed (they

@@ -515,7 +515,10 @@ rules:
     fn plan_of(changes: Vec<Change>) -> PlannedTxn {
         let rules = Arc::new(load_str("r.yaml", RULES).unwrap().rules);
         let mut planner = crate::plan::Planner::new(rules, false);
-        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        planner.push(&crate::model::Event::Begin {
+            xid: Some(1),
+            final_lsn: None,
+        });
         for c in changes {
             planner.push(&crate::model::Event::Change(c));
         }
@@ -629,7 +632,10 @@ rules:
         let rules = "version: 1\nrules:\n  - name: a\n    table: products\n    on: [update]\n    delete: [\"k:{category_id}:{description}\"]\n  - name: b\n    table: products\n    on: [update]\n    delete: [\"k:{description}:{category_id}\"]\n";
         let rules = Arc::new(load_str("r.yaml", rules).unwrap().rules);
         let mut planner = crate::plan::Planner::new(rules, false);
-        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        planner.push(&crate::model::Event::Begin {
+            xid: Some(1),
+            final_lsn: None,
+        });
         // category_id is NULL; description is an unchanged TOAST value the WAL does not carry.
         planner.push(&crate::model::Event::Change(row(
             &products(),
@@ -701,7 +707,10 @@ rules:
         };
         let mut planner = crate::plan::Planner::with_options(rules, false, options);
         let p = products();
-        planner.push(&crate::model::Event::Begin { xid: Some(1) });
+        planner.push(&crate::model::Event::Begin {
+            xid: Some(1),
+            final_lsn: None,
+        });
         for i in 0..100 {
             let id = i.to_string();
             let change = row(&p, Op::Insert, None, Some(vec![t(&id), t("5"), t("x"), t("1"), t("d")]));
@@ -726,5 +735,65 @@ rules:
             "{:?}",
             txn.fallbacks
         );
+    }
+
+    /// A large transaction goes out in parts: every key of every part, bumps at the commit LSN
+    /// BEGIN announced, no position in a part; the commit brings the rest.
+    #[test]
+    fn a_transaction_is_taken_in_parts_with_the_commit_lsn_from_begin() {
+        let rules = Arc::new(load_str("r.yaml", RULES).unwrap().rules);
+        let mut planner = crate::plan::Planner::new(rules, false);
+        let p = products();
+        let insert = |id: u32| {
+            crate::model::Event::Change(row(
+                &p,
+                Op::Insert,
+                None,
+                Some(vec![t(&id.to_string()), t("5"), t("n"), t("1"), t("d")]),
+            ))
+        };
+        assert!(planner.take_part().is_none(), "outside a transaction");
+        planner.push(&crate::model::Event::Begin {
+            xid: Some(1),
+            final_lsn: Some(crate::model::Lsn(900)),
+        });
+        for id in 0..10 {
+            planner.push(&insert(id));
+        }
+        assert!(planner.pending_keys() >= 30);
+        let part = planner.take_part().unwrap();
+        assert_eq!(part.commit.lsn, Some(crate::model::Lsn(900)));
+        assert_eq!(part.commit.end_lsn, None, "a part carries no position");
+        assert_eq!(part.bump.len(), 10);
+        assert_eq!(planner.pending_keys(), 0);
+        for id in 10..15 {
+            planner.push(&insert(id));
+        }
+        let commit = crate::model::CommitInfo {
+            lsn: Some(crate::model::Lsn(900)),
+            end_lsn: Some(crate::model::Lsn(950)),
+            ..Default::default()
+        };
+        let rest = planner.push(&crate::model::Event::Commit(commit)).unwrap();
+        assert_eq!(rest.bump.len(), 5);
+        assert_eq!(rest.changes, 5);
+        assert!(
+            rest.publish.contains(&"inval".to_string()),
+            "the commit still announces"
+        );
+        let mut batch = crate::plan::Batch::default();
+        batch.add_part(part);
+        assert!(!batch.is_empty() && batch.last_end.is_none());
+        batch.add_owned(rest);
+        assert_eq!(batch.merged().bump.len(), 15);
+        assert!(batch.merged().bump.values().all(|v| *v == 900));
+        assert_eq!(batch.last_end, Some(crate::model::Lsn(950)));
+        // Without a commit LSN at BEGIN (sample formats) there are no parts.
+        planner.push(&crate::model::Event::Begin {
+            xid: None,
+            final_lsn: None,
+        });
+        planner.push(&insert(1));
+        assert!(planner.take_part().is_none());
     }
 }

@@ -286,7 +286,13 @@ mod tests {
         assert!(bytes.starts_with(b"WALBUST-CAPTURE 1\n"));
         let mut r = CaptureReader::open("c", Box::new(std::io::Cursor::new(bytes))).unwrap();
         assert_eq!(r.header().format, "walbust-capture");
-        assert_eq!(r.next_event().unwrap(), Some(Event::Begin { xid: Some(7) }));
+        assert_eq!(
+            r.next_event().unwrap(),
+            Some(Event::Begin {
+                xid: Some(7),
+                final_lsn: None
+            })
+        );
         let Some(Event::Change(Change::Row(row))) = r.next_event().unwrap() else {
             panic!()
         };

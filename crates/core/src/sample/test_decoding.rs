@@ -397,10 +397,16 @@ impl EventSource for TestDecodingReader {
             if let Some(rest) = rec.strip_prefix("BEGIN") {
                 let rest = rest.trim();
                 if rest.is_empty() {
-                    return Ok(Some(Event::Begin { xid: None }));
+                    return Ok(Some(Event::Begin {
+                        xid: None,
+                        final_lsn: None,
+                    }));
                 }
                 return match rest.parse() {
-                    Ok(xid) => Ok(Some(Event::Begin { xid: Some(xid) })),
+                    Ok(xid) => Ok(Some(Event::Begin {
+                        xid: Some(xid),
+                        final_lsn: None,
+                    })),
                     Err(_) => Err(self.error(
                         start_line,
                         format!("expected `BEGIN <xid>` but found `{}`", truncate(rec, 60)),
@@ -505,7 +511,13 @@ mod tests {
             "x[text]:null big[text]:unchanged-toast-datum f[boolean]:false back[text]:'a\\b'\n",
             "COMMIT 529 (at 2026-11-22 10:00:00.123456+00)\n",
         ));
-        assert_eq!(ev[0], Event::Begin { xid: Some(529) });
+        assert_eq!(
+            ev[0],
+            Event::Begin {
+                xid: Some(529),
+                final_lsn: None
+            }
+        );
         let r = row(&ev[1]);
         assert_eq!(r.op, Op::Insert);
         assert_eq!(
@@ -545,7 +557,13 @@ mod tests {
         assert_eq!(r.relation.name, "Tags");
         assert_eq!(r.relation.columns[0].name, "My Col");
         assert_eq!(r.new.as_ref().unwrap()[0], t("line one\nline 'two'\n"));
-        assert_eq!(ev[0], Event::Begin { xid: None });
+        assert_eq!(
+            ev[0],
+            Event::Begin {
+                xid: None,
+                final_lsn: None
+            }
+        );
         assert!(matches!(&ev[2], Event::Commit(c) if c.xid.is_none() && c.commit_time.is_none()));
         let ev = events("table \"we\"\"ird\".\"a b\": INSERT: \"x\"\"y\"[\"MyEnum\"]:'v'\n");
         let r = row(&ev[0]);

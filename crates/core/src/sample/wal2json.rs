@@ -135,7 +135,7 @@ impl Wal2JsonReader {
             "B" => {
                 self.begin_xid = xid;
                 self.begin_time = time(&line.timestamp)?;
-                Ok(Some(Event::Begin { xid }))
+                Ok(Some(Event::Begin { xid, final_lsn: None }))
             }
             "C" => {
                 let info = CommitInfo {
@@ -317,7 +317,7 @@ impl Wal2JsonV1Reader {
 
     fn expand(&mut self, txn: V1Txn) -> Result<(), String> {
         let xid = txn.xid.map(|x| x as u32);
-        self.pending.push_back(Event::Begin { xid });
+        self.pending.push_back(Event::Begin { xid, final_lsn: None });
         for change in txn.change {
             let op = match change.kind.as_str() {
                 "insert" => Op::Insert,
@@ -452,7 +452,13 @@ mod tests {
             r#"{"action":"C","xid":529,"timestamp":"2026-11-22 10:00:00.123456+00","lsn":"0/16B3748","nextlsn":"0/16B3778"}"#,
             "\n",
         ));
-        assert_eq!(out[0].as_ref().unwrap(), &Event::Begin { xid: Some(529) });
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &Event::Begin {
+                xid: Some(529),
+                final_lsn: None
+            }
+        );
         let r = row(&out[1]);
         assert_eq!(
             r.new.as_ref().unwrap(),
