@@ -558,7 +558,7 @@ mod tests {
             d.decode(&begin).unwrap(),
             Some(Event::Begin {
                 xid: Some(731),
-                final_lsn: None
+                final_lsn: Some(Lsn(0x16B3748))
             })
         );
         let commit = B::new(b'C').u8(0).i64(0x16B3748).i64(0x16B3778).i64(1_000_000).0;

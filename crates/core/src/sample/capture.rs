@@ -290,7 +290,7 @@ mod tests {
             r.next_event().unwrap(),
             Some(Event::Begin {
                 xid: Some(7),
-                final_lsn: None
+                final_lsn: Some(Lsn(0))
             })
         );
         let Some(Event::Change(Change::Row(row))) = r.next_event().unwrap() else {
