@@ -678,12 +678,33 @@ async fn ready_on_an_idle_database_and_not_ready_without_redis() {
     daemon.await.unwrap().unwrap();
 }
 
-/// Gap recovery survives a crash at its most dangerous step (issue: durability, finding 2):
-/// the daemon stops right after recreating the slot, before the bump that covers the changes
+/// Gap recovery survives a crash at every step (issue: durability, finding 2) — the most
+/// dangerous one right after recreating the slot, before the bump that covers the changes
 /// committed while it recreated it. The next start finds the gap mark, finishes the recovery
 /// (bumps again) before streaming, and clears the mark.
 #[test]
 fn a_crash_inside_gap_recovery_is_finished_at_the_next_start() {
+    crash_inside_gap_recovery_at("gap:slot_recreated", true);
+}
+
+#[test]
+fn a_crash_after_marking_the_gap_is_finished_at_the_next_start() {
+    crash_inside_gap_recovery_at("gap:marked", false);
+}
+
+#[test]
+fn a_crash_after_the_first_bump_is_finished_at_the_next_start() {
+    crash_inside_gap_recovery_at("gap:bumped", true);
+}
+
+#[test]
+fn a_crash_after_the_second_bump_is_finished_at_the_next_start() {
+    crash_inside_gap_recovery_at("gap:bumped_again", true);
+}
+
+/// Runs walbust with the failpoint `step` (it exits with 86 there), drops the slot under it,
+/// then starts it again and checks the recovery is finished before streaming.
+fn crash_inside_gap_recovery_at(step: &str, bumped_before_the_crash: bool) {
     let pg = pg();
     let redis = RedisInstance::start().unwrap();
     let rules = rules_dir();
@@ -707,7 +728,7 @@ fn a_crash_inside_gap_recovery_is_finished_at_the_next_start() {
     };
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
 
-    let mut first = spawn("first.log", Some("gap:slot_recreated"));
+    let mut first = spawn("first.log", Some(step));
     pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
     wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
     let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
@@ -720,9 +741,13 @@ fn a_crash_inside_gap_recovery_is_finished_at_the_next_start() {
     });
     let status = wait_for_exit(&mut first, &dir.path().join("first.log"));
     assert_eq!(status.code(), Some(86), "log:\n{}", log("first.log"));
-    // Stopped between the two bumps: the mark is there, the new slot too.
+    // Stopped inside the recovery: the mark is there.
     let bumped_once = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
-    assert!(bumped_once > epoch, "{bumped_once} after {epoch}");
+    assert_eq!(
+        bumped_once > epoch,
+        bumped_before_the_crash,
+        "{bumped_once} after {epoch} at {step}"
+    );
     assert!(c.exists::<_, bool>("walbust:epoch:gap").unwrap());
     pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
 
@@ -1028,4 +1053,66 @@ fn an_instance_that_cannot_apply_releases_the_slot_to_a_standby() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Regression (issue: durability, finding 3): PostgreSQL fails over to an asynchronous standby
+/// (`pg_basebackup -R`) that is behind what walbust applied. The slot is not on the standby: a
+/// gap, so the epoch moves. Commit positions of the new timeline are lower than the versions
+/// walbust stored before: a max-only bump left those version keys unchanged, and entries filled
+/// after the failover were never invalidated again. Now every bump changes the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_standby_behind_walbust_moves_the_epoch_and_versions_keep_moving() {
+    let mut pg = pg();
+    let mut standby = pg.standby().unwrap();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let mut cfg = config(&pg, rules.path(), &[&redis], "");
+    cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut c = conn(&redis);
+    // walbust applies far ahead of what the standby got (the base backup).
+    pg.psql(
+        "app",
+        "INSERT INTO products SELECT i, 1, repeat('x', 200) FROM generate_series(2, 3000) i;
+         UPDATE products SET name = name || 'y';
+         INSERT INTO products VALUES (1, 1, 'before the failover');",
+    )
+    .unwrap();
+    wait_until("applied on the old primary", || {
+        version(&mut c, "t:ver:product:1").is_some()
+    });
+    let before = version(&mut c, "t:ver:product:1").unwrap();
+    let epoch: i64 = c.get("walbust:epoch").unwrap();
+
+    tokio::task::block_in_place(|| standby.take_over_as_primary(&mut pg)).unwrap();
+    let timeline = standby
+        .psql("app", "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+        .unwrap();
+    assert!(
+        timeline.trim() != "00000001",
+        "promoted to a new timeline, got {timeline}"
+    );
+    wait_until("epoch moved: the slot's history has a gap", || {
+        c.get::<_, i64>("walbust:epoch").unwrap() > epoch
+    });
+    // Product 1 does not exist on the standby: the new timeline inserts it again, at a lower
+    // position than the version walbust stored on the old one.
+    standby
+        .psql("app", "INSERT INTO products VALUES (1, 1, 'after the failover')")
+        .unwrap();
+    let new_position: u64 = Lsn::parse(standby.psql("app", "SELECT pg_current_wal_lsn()").unwrap().trim())
+        .unwrap()
+        .0;
+    assert!(
+        new_position < before,
+        "the new timeline is behind: {new_position} vs {before}"
+    );
+    wait_until("the version moved after the failover", || {
+        version(&mut c, "t:ver:product:1") > Some(before)
+    });
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
 }

@@ -359,6 +359,67 @@ impl PgInstance {
         self.running = false;
     }
 
+    /// A physical standby of this server taken now with `pg_basebackup -R` (asynchronous;
+    /// replication slots are not copied). Not started: see [`PgInstance::take_over_as_primary`].
+    pub fn standby(&self) -> Result<PgInstance, HarnessError> {
+        let root = unique_dir("pg-standby")?;
+        let data = root.join("data");
+        let socket = root.join("sock");
+        std::fs::create_dir_all(&socket)?;
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&socket, Some(uid), Some(gid))?;
+        }
+        let out = self
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-h"])
+            .arg(&self.socket)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"])
+            .output()?;
+        if !out.status.success() {
+            return Err(HarnessError::Command {
+                what: "pg_basebackup".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(PgInstance {
+            root,
+            data,
+            socket,
+            bin: self.bin.clone(),
+            port: self.port,
+            run_as: self.run_as,
+            options: self.options.clone(),
+            running: false,
+        })
+    }
+
+    /// Failover: the primary `old` dies (immediate stop) and this standby starts on its port
+    /// and is promoted (a new timeline), as behind a service address that moved. Whatever the
+    /// primary wrote after the standby last received WAL is gone.
+    pub fn take_over_as_primary(&mut self, old: &mut PgInstance) -> Result<(), HarnessError> {
+        old.stop_server("immediate");
+        self.port = old.port;
+        self.start_server()?;
+        let out = self
+            .command("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&self.data)
+            .arg("promote")
+            .output()?;
+        if !out.status.success() {
+            return Err(HarnessError::Command {
+                what: "pg_ctl promote".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Stops the server and removes its directory. Idempotent.
     pub fn stop(&mut self) {
         self.stop_server("immediate");
