@@ -8,7 +8,7 @@ async fn no_invalidation_is_lost_and_version_keys_never_serve_stale_entries_unde
     let mut progress = std::io::stderr();
     let report = walbust_testkit::chaos::run(options, &mut progress).await.unwrap();
     eprintln!("{}", report.to_markdown());
-    assert_eq!(report.faults.len(), 6);
+    assert_eq!(report.faults.len(), walbust_testkit::chaos::Fault::ALL.len());
     assert!(report.writes > 500, "too few writes: {}", report.writes);
     let failures = report.failures();
     assert!(failures.is_empty(), "{failures:#?}");
