@@ -415,7 +415,7 @@ fn kill_9_replays_without_loss_sigterm_acknowledges_and_a_standby_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_to_a_three_node_redis_cluster() {
     let pg = pg();
-    let cluster = walbust_testkit::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
+    let mut cluster = walbust_testkit::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
     let rules = tempfile::tempdir().unwrap();
     // delete_matching is refused on cluster targets; the other kinds apply across slots.
     std::fs::write(
@@ -464,6 +464,34 @@ async fn applies_to_a_three_node_redis_cluster() {
         !(1..=50).any(|i| c.exists::<_, bool>(format!("t:page:{i}")).unwrap()),
         "tag members deleted across slots"
     );
+
+    // Regression (issue: durability, finding 4): a shard other than the epoch key's restarts
+    // empty. Its version keys are gone; only its own watermark can tell. The epoch moves.
+    let epoch: i64 = c.get("walbust:epoch").unwrap();
+    let other = cluster
+        .nodes
+        .iter()
+        .position(|node| {
+            let mut direct = redis::Client::open(node.url()).unwrap().get_connection().unwrap();
+            redis::cmd("GET")
+                .arg("walbust:epoch")
+                .query::<Option<i64>>(&mut direct)
+                .is_err()
+        })
+        .expect("a node that does not hold the epoch key");
+    tokio::task::block_in_place(|| cluster.nodes[other].restart()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Option<i64> = c.get("walbust:epoch").ok().flatten();
+        if now > Some(epoch) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the epoch did not move after a shard restarted empty"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }

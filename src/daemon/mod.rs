@@ -28,7 +28,7 @@ use crate::sink::{Batch, SinkError};
 use crate::source::conn::ConnectOptions;
 use crate::source::stream::{Progress, Stream, StreamConfig, StreamError, StreamItem};
 use applier::{Applier, ApplierContext, ApplierEvent, ApplierFailed, GiveUp, Queued};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -150,7 +150,7 @@ pub async fn run(
         planner: Planner::with_options(rules, false, engine_options(&config)).unsorted(),
         batch: Batch::default(),
         batch_started: None,
-        change_counts: BTreeMap::new(),
+        change_counts: ChangeCounts::default(),
         summary: RunSummary::default(),
         streamed_once: false,
         generation: progress.generation(),
@@ -258,7 +258,7 @@ struct Daemon {
     planner: Planner,
     batch: Batch,
     batch_started: Option<Instant>,
-    change_counts: BTreeMap<(String, &'static str), u64>,
+    change_counts: ChangeCounts,
     summary: RunSummary,
     /// `None` only while gap recovery holds the sinks.
     applier: Option<Applier>,
@@ -425,7 +425,7 @@ impl Daemon {
         self.streamed_once = true;
         for event in events {
             if let Event::Change(change) = event {
-                count_change(&mut self.change_counts, change);
+                self.change_counts.count(change);
             }
             if let Some(txn) = self.planner.push(event) {
                 self.context.metrics.transaction();
@@ -447,8 +447,7 @@ impl Daemon {
                 }
             }
         }
-        self.context.metrics.changes(&self.change_counts);
-        self.change_counts.clear();
+        self.change_counts.flush_into(&self.context.metrics);
     }
 
     /// The stream stopped for good. A gap in the slot's history with `on_gap = bump_epoch`
@@ -539,15 +538,37 @@ fn record_notes(txn: &PlannedTxn, metrics: &Metrics) {
     }
 }
 
-fn count_change(counts: &mut BTreeMap<(String, &'static str), u64>, change: &Change) {
-    match change {
-        Change::Row(r) => {
-            let key = (r.relation.qualified_name(), r.op.as_str());
-            *counts.entry(key).or_default() += 1;
+/// Changes received per table and operation, counted per change without formatting or
+/// allocating (by relation version id), named once per relation for the metric.
+#[derive(Default)]
+struct ChangeCounts {
+    counts: HashMap<(u64, &'static str), u64>,
+    names: HashMap<u64, String>,
+}
+
+impl ChangeCounts {
+    fn count(&mut self, change: &Change) {
+        match change {
+            Change::Row(r) => self.add(&r.relation, r.op.as_str()),
+            Change::Truncate(t) => {
+                for rel in &t.relations {
+                    self.add(rel, "truncate");
+                }
+            }
         }
-        Change::Truncate(t) => {
-            for rel in &t.relations {
-                *counts.entry((rel.qualified_name(), "truncate")).or_default() += 1;
+    }
+
+    fn add(&mut self, relation: &crate::model::Relation, op: &'static str) {
+        *self.counts.entry((relation.id, op)).or_default() += 1;
+        self.names
+            .entry(relation.id)
+            .or_insert_with(|| relation.qualified_name());
+    }
+
+    fn flush_into(&mut self, metrics: &Metrics) {
+        for ((id, op), n) in self.counts.drain() {
+            if let Some(table) = self.names.get(&id) {
+                metrics.changes(table, op, n);
             }
         }
     }

@@ -16,7 +16,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -232,15 +231,13 @@ impl Metrics {
         }
     }
 
-    pub fn changes(&self, counts: &BTreeMap<(String, &'static str), u64>) {
-        for ((table, op), n) in counts {
-            self.changes
-                .get_or_create(&TableOp {
-                    table: table.clone(),
-                    op,
-                })
-                .inc_by(*n);
-        }
+    pub fn changes(&self, table: &str, op: &'static str, n: u64) {
+        self.changes
+            .get_or_create(&TableOp {
+                table: table.to_string(),
+                op,
+            })
+            .inc_by(n);
     }
 
     pub fn transaction(&self) {
@@ -391,9 +388,7 @@ mod tests {
     #[test]
     fn renders_the_documented_names() {
         let m = Metrics::new(Arc::new(Progress::default()));
-        let mut changes = BTreeMap::new();
-        changes.insert(("public.products".to_string(), "update"), 3);
-        m.changes(&changes);
+        m.changes("public.products", "update", 3);
         m.actions("delete", "redis://h", 5);
         m.latency(0.0015);
         m.latency(0.2);

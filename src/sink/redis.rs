@@ -199,6 +199,9 @@ pub struct RedisTarget {
     complete: Option<Lsn>,
     /// The watermark known to be in the target (what a rollback is measured against).
     in_target: Option<Lsn>,
+    /// Redis Cluster: one watermark per primary, so any shard's rollback or empty restart is
+    /// seen (refreshed from the topology on every new connection).
+    shard_marks: Vec<ShardMark>,
     /// A rollback seen and not yet taken by the daemon.
     rollback: Option<Rollback>,
     /// Keys of the wrong type replaced, since the last [`Sink::take_wrong_types`].
@@ -291,6 +294,7 @@ impl RedisTarget {
             origin: Origin::default(),
             complete: None,
             in_target: None,
+            shard_marks: Vec::new(),
             rollback: None,
             wrong_types: 0,
             wait: None,
@@ -340,6 +344,9 @@ impl RedisTarget {
     /// was written before is a rollback, kept for [`Sink::take_rollback`]. Without a watermark
     /// this is a PING.
     async fn check_watermark(&mut self, conn: &mut Conn) -> Result<(), RedisError> {
+        if let (Conn::Cluster(cluster), Some(_)) = (&*conn, self.watermark_key()) {
+            return self.check_shard_watermarks(cluster.clone()).await;
+        }
         let Some(key) = self.watermark_key() else {
             let r: redis::RedisResult<String> = redis::cmd("PING").query_async(conn).await;
             return self.finish(r).map(|_| ());
@@ -427,8 +434,11 @@ impl RedisTarget {
             (Backend::Cluster { conn, .. }, Conn::Cluster(c)) => *conn = Some(c.clone()),
             _ => {}
         }
+        if let Conn::Cluster(cluster) = &fresh {
+            self.refresh_shards(cluster.clone()).await?;
+        }
         // A reconnect may be to a server that restarted or was replaced: compare before use.
-        if self.in_target.is_some() {
+        if self.in_target.is_some() || self.shard_marks.iter().any(|m| m.in_target.is_some()) {
             self.check_watermark(&mut fresh).await?;
         }
         Ok(fresh)
@@ -460,7 +470,7 @@ impl RedisTarget {
         let actions = batch.merged();
         let mut conn = self.connection().await?;
         if let Conn::Cluster(cluster) = &conn {
-            self.apply_cluster(cluster.clone(), actions).await?;
+            self.apply_cluster(cluster.clone(), actions, batch.last_end).await?;
             self.completed(batch.last_end);
             return Ok(());
         }
@@ -779,6 +789,9 @@ impl Sink for RedisTarget {
                 return Ok(WatermarkState::NotKept);
             };
             let mut conn = self.connection().await?;
+            if let Conn::Cluster(cluster) = &conn {
+                return Ok(self.read_shard_watermarks(cluster.clone()).await?);
+            }
             // A `draining` mark left by a process that stopped halfway through a large tag
             // belongs to a batch after the watermark, which the slot sends again.
             let r: redis::RedisResult<(StoredWatermark,)> = redis::pipe()
@@ -854,6 +867,20 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
+/// A cluster shard's watermark key and what it is known to hold.
+struct ShardMark {
+    key: String,
+    in_target: Option<Lsn>,
+}
+
+/// A short hash tag whose key slot is `slot` (the first decimal number that lands there).
+pub fn tag_for_slot(slot: u16) -> String {
+    (0u32..)
+        .map(|n| n.to_string())
+        .find(|tag| key_slot(tag.as_bytes()) == slot)
+        .unwrap_or_default()
+}
+
 /// Redis Cluster hash slot of a key (CRC16/XMODEM of the key or its `{hash tag}`, mod 16384).
 pub fn key_slot(key: &[u8]) -> u16 {
     let tagged = key
@@ -889,6 +916,7 @@ impl RedisTarget {
         &mut self,
         conn: redis::cluster_async::ClusterConnection,
         actions: &Actions,
+        last_end: Option<Lsn>,
     ) -> Result<(), RedisError> {
         if !actions.delete_matching.is_empty() {
             return Err(self.err(redis::RedisError::from((
@@ -905,16 +933,24 @@ impl RedisTarget {
                 .arg(key)
                 .ignore();
         }
+        // Version keys: one script call per hash slot for all of its keys.
+        let mut bumps_per_slot: std::collections::HashMap<u16, Vec<(&String, &u64)>> = std::collections::HashMap::new();
         for (key, version) in &actions.bump {
-            per_slot
+            bumps_per_slot
                 .entry(key_slot(key.as_bytes()))
                 .or_default()
-                .cmd("EVAL")
-                .arg(BUMP_SCRIPT)
-                .arg(1)
-                .arg(key)
-                .arg(version.to_string())
-                .ignore();
+                .push((key, version));
+        }
+        for (slot, bumps) in bumps_per_slot {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(BUMP_SCRIPT).arg(bumps.len());
+            for (key, _) in &bumps {
+                cmd.arg(*key);
+            }
+            for (_, version) in &bumps {
+                cmd.arg(version.to_string());
+            }
+            per_slot.entry(slot).or_default().add_command(cmd).ignore();
         }
         self.run_pipelines(&conn, per_slot).await?;
         // A tag's members: read a chunk, unlink them, remove them from the set, unlink them
@@ -948,6 +984,141 @@ impl RedisTarget {
                 .await;
             self.round_trips += 1;
             self.finish(r)?;
+        }
+        if let Some(end) = last_end {
+            // Last, on every primary: each shard's watermark covers what was sent to it.
+            let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
+            for mark in &self.shard_marks {
+                self.add_watermark(
+                    per_slot.entry(key_slot(mark.key.as_bytes())).or_default(),
+                    &mark.key,
+                    end,
+                );
+            }
+            self.run_pipelines(&conn, per_slot).await?;
+            for mark in &mut self.shard_marks {
+                mark.in_target = mark.in_target.max(Some(end));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the topology (`CLUSTER SLOTS`) and keeps one watermark key per primary, with a hash
+    /// tag in a slot it serves. Marks of primaries that remain keep what they know.
+    async fn refresh_shards(&mut self, conn: redis::cluster_async::ClusterConnection) -> Result<(), RedisError> {
+        let Some(base) = self.watermark_key() else {
+            return Ok(());
+        };
+        let mut c = conn;
+        let r: redis::RedisResult<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await;
+        self.round_trips += 1;
+        let ranges = self.finish(r)?;
+        let mut primaries: Vec<(String, u16)> = Vec::new();
+        for range in ranges {
+            let Ok(fields) = redis::from_redis_value::<Vec<redis::Value>>(range) else {
+                continue;
+            };
+            let mut fields = fields.into_iter();
+            let (Some(start), Some(_end), Some(primary)) = (fields.next(), fields.next(), fields.next()) else {
+                continue;
+            };
+            let (Ok(start), Ok(primary)) = (
+                redis::from_redis_value::<u16>(start),
+                redis::from_redis_value::<Vec<redis::Value>>(primary),
+            ) else {
+                continue;
+            };
+            let address: Vec<String> = primary
+                .into_iter()
+                .take(2)
+                .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+                .collect();
+            let address = address.join(":");
+            if !primaries.iter().any(|(a, _)| *a == address) {
+                primaries.push((address, start));
+            }
+        }
+        let old = std::mem::take(&mut self.shard_marks);
+        for (_, slot) in primaries {
+            let key = format!("{base}:{{{}}}", tag_for_slot(slot));
+            let in_target = old.iter().find(|m| m.key == key).and_then(|m| m.in_target);
+            if !self.shard_marks.iter().any(|m| m.key == key) {
+                self.shard_marks.push(ShardMark { key, in_target });
+            }
+        }
+        Ok(())
+    }
+
+    /// The lowest watermark over the primaries (`Missing` when any has none).
+    async fn read_shard_watermarks(
+        &mut self,
+        conn: redis::cluster_async::ClusterConnection,
+    ) -> Result<WatermarkState, RedisError> {
+        let mut lowest: Option<Watermark> = None;
+        let mut missing = false;
+        for i in 0..self.shard_marks.len() {
+            let mut c = conn.clone();
+            let r: redis::RedisResult<StoredWatermark> = redis::cmd("HMGET")
+                .arg(&self.shard_marks[i].key)
+                .arg("lsn")
+                .arg("system")
+                .arg("timeline")
+                .query_async(&mut c)
+                .await;
+            let (lsn, system, timeline) = self.finish(r)?;
+            let lsn = lsn.and_then(|l| l.parse::<u64>().ok()).map(Lsn);
+            self.shard_marks[i].in_target = lsn;
+            let Some(lsn) = lsn else {
+                missing = true;
+                continue;
+            };
+            if lowest.as_ref().is_none_or(|w| lsn < w.lsn) {
+                lowest = Some(Watermark {
+                    lsn,
+                    origin: Origin {
+                        system: system.unwrap_or_default(),
+                        timeline: timeline.unwrap_or(0),
+                    },
+                });
+            }
+        }
+        match lowest {
+            Some(w) if !missing => {
+                self.complete = Some(w.lsn);
+                Ok(WatermarkState::Found(w))
+            }
+            _ => Ok(WatermarkState::Missing),
+        }
+    }
+
+    /// [`RedisTarget::check_watermark`] on every primary of a cluster.
+    async fn check_shard_watermarks(
+        &mut self,
+        conn: redis::cluster_async::ClusterConnection,
+    ) -> Result<(), RedisError> {
+        let write = self.complete;
+        for i in 0..self.shard_marks.len() {
+            let key = self.shard_marks[i].key.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGET").arg(&key).arg("lsn");
+            let write = write.filter(|c| Some(*c) > self.shard_marks[i].in_target);
+            if let Some(lsn) = write {
+                self.add_watermark(&mut pipe, &key, lsn);
+            }
+            let mut c = conn.clone();
+            let r: redis::RedisResult<(Option<String>,)> = pipe.query_async(&mut c).await;
+            self.round_trips += 1;
+            let (stored,) = self.finish(r)?;
+            let stored = stored.and_then(|v| v.parse::<u64>().ok()).map(Lsn);
+            let mark = &mut self.shard_marks[i];
+            match mark.in_target {
+                Some(had) if stored.is_none_or(|now| now < had) => {
+                    self.rollback = Some(Rollback { had, now: stored });
+                    mark.in_target = stored;
+                    self.complete = self.complete.min(stored);
+                }
+                _ => mark.in_target = mark.in_target.max(write),
+            }
         }
         Ok(())
     }
