@@ -282,9 +282,12 @@ async fn applies_every_action_kind_to_two_targets_and_survives_a_redis_outage() 
     );
 }
 
+/// The response, or nothing while the server is not listening yet.
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -1141,6 +1144,124 @@ async fn a_failover_to_a_standby_behind_walbust_moves_the_epoch_and_versions_kee
     wait_until("the version moved after the failover", || {
         version(&mut c, "t:ver:product:1") > Some(before)
     });
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+/// `wait_replicas`: a batch counts as applied only once the replica has it. With the replica
+/// gone, nothing is acknowledged (the batch is retried); once it is back, everything is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_nothing_is_acknowledged_that_the_replica_does_not_have() {
+    let pg = pg();
+    let primary = RedisInstance::start().unwrap();
+    let replicaof = primary.port().to_string();
+    let mut replica = RedisInstance::start_with_args(&["--replicaof", "127.0.0.1", &replicaof]).unwrap();
+    let rules = rules_dir();
+    let mut cfg = config(&pg, rules.path(), &[&primary], "");
+    cfg.redis[0].wait_replicas = 1;
+    cfg.redis[0].wait_timeout = Duration::from_millis(200);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut on_replica = conn(&replica);
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    let first = current_lsn(&pg);
+    wait_until("on the replica", || {
+        version(&mut on_replica, "t:ver:product:1").is_some()
+    });
+    wait_until("acknowledged", || confirmed(&pg) >= first);
+
+    replica.stop_keep_port();
+    pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
+    let second = current_lsn(&pg);
+    let mut on_primary = conn(&primary);
+    wait_until("applied on the primary", || {
+        version(&mut on_primary, "t:ver:product:2").is_some()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(confirmed(&pg) < second, "acknowledged without a replica");
+    replica.restart().unwrap();
+    wait_until("acknowledged once the replica is back", || confirmed(&pg) >= second);
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+/// Regression (issue: durability, finding 6): an error retrying cannot fix (NOPERM) is said at
+/// ERROR, counted by kind, and makes the daemon not ready — and nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_error_is_counted_by_kind_and_makes_the_daemon_not_ready() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let mut admin = conn(&redis);
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "limited", "on", ">secret", "~*", "+@all", "-unlink", "-del"][..])
+        .query(&mut admin)
+        .unwrap();
+    let rules = rules_dir();
+    let port = free_port();
+    let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
+    cfg.redis[0].url = format!("redis://limited:secret@127.0.0.1:{}", redis.port());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    wait_until("ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    let after = current_lsn(&pg);
+    wait_until("permission errors counted", || {
+        http_get(port, "/metrics").contains("walbust_redis_errors_total{kind=\"permission\"")
+    });
+    wait_until("not ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 503"));
+    assert!(confirmed(&pg) < after, "nothing acknowledged");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), daemon).await;
+}
+
+/// Regression (issue: durability, finding 7): a large transaction is applied in parts as it
+/// arrives (memory bounded by the batch, not the transaction), every key applied, and its
+/// position acknowledged only once it is applied whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_is_applied_in_parts_with_every_key() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    // Without the keyspace scans of delete_matching (one SCAN per product would dominate).
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        RULES.replace("    delete_matching: [\"search:{name}:*\"]\n", ""),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
+    cfg.apply.max_batch_actions = 1000;
+    cfg.rules.max_keys_per_transaction = 1_000_000;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    pg.psql(
+        "app",
+        "INSERT INTO products SELECT g, g % 7, 'p' || g FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
+    let after = current_lsn(&pg);
+    let mut c = conn(&redis);
+    wait_until("acknowledged", || confirmed(&pg) >= after);
+    let versions = (1..=20000)
+        .filter(|i| version(&mut c, &format!("t:ver:product:{i}")).is_some())
+        .count();
+    assert_eq!(versions, 20000, "every key applied");
+    let metrics = http_get(port, "/metrics");
+    let batches: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("walbust_batches_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        batches >= 20,
+        "one transaction went out in {batches} batches:\n{metrics}"
+    );
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
