@@ -162,7 +162,16 @@ fn man() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The runtime of the async subcommands (two workers: the machines walbust runs on are small).
+/// The daemon's runtime: one thread. Its tasks (stream, planner loop, applier, HTTP) hand work
+/// to each other all the time; on one thread that is a queue push, across worker threads it
+/// was a futex wake-up and a context switch per hand-over — the largest share of walbust's CPU
+/// on single-row transactions.
+fn daemon_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// The runtime of the other async subcommands (two workers: the machines walbust runs on are
+/// small).
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,7 +1,7 @@
 //! `walbust run`: the configuration resolved (file, environment, flags) and the daemon until
 //! SIGTERM or SIGINT.
 
-use super::{runtime, SlotArgs};
+use super::{daemon_runtime, SlotArgs};
 use crate::config::{Config, Overrides};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = Config::resolve(file.as_deref(), std::env::vars(), &args.overrides())?;
     let validated = config.validate()?;
     tracing::info!(config = ?validated.config, "starting walbust");
-    let summary = runtime()?.block_on(crate::daemon::run(validated, shutdown_signal()))?;
+    let summary = daemon_runtime()?.block_on(crate::daemon::run(validated, shutdown_signal()))?;
     eprintln!(
         "walbust stopped: {} transaction(s) applied in {} batch(es){}",
         summary.transactions,
