@@ -328,17 +328,19 @@ fn compile(idx: usize, rule: &Rule, relation: &Relation, tag_prefix: &str) -> Co
     }
 }
 
-/// `changed`: fire when any listed column differs, or when its old value is unknown.
+/// `changed`: fire when any listed column differs, or when its old value is unknown. A TOASTed
+/// value the UPDATE did not change (pgoutput 'u') counts as unchanged, with or without an old
+/// image: PostgreSQL leaves it out exactly because it did not change.
 fn changed_fires(cr: &CompiledRule, row: &RowChange) -> bool {
-    let (Some(new), Some(old)) = (&row.new, &row.old) else {
+    let Some(new) = &row.new else {
         return true;
     };
     cr.changed.iter().any(|index| {
         let Some(i) = *index else { return true };
-        match (&new[i], &old[i]) {
+        match (&new[i], row.old.as_ref().map(|old| &old[i])) {
             (Datum::UnchangedToast, _) => false,
-            (_, Datum::Absent | Datum::UnchangedToast) | (Datum::Absent, _) => true,
-            (n, o) => n != o,
+            (Datum::Absent, _) | (_, None | Some(Datum::Absent | Datum::UnchangedToast)) => true,
+            (n, Some(o)) => n != o,
         }
     })
 }
@@ -577,6 +579,17 @@ rules:
         // {old.category_id} cannot render, old-new has no fallback → unrenderable
         assert_eq!(txn.unrenderable.len(), 1);
         assert_eq!(txn.unrenderable[0].rule, "old-new");
+    }
+
+    /// Regression (issue: inputs, finding 6): an UPDATE of another column on a row whose
+    /// watched value is stored out of line (TOAST, not sent: unchanged) and no old image
+    /// (default replica identity) fired `changed`.
+    #[test]
+    fn an_unchanged_toast_value_is_unchanged_without_an_old_image() {
+        let p = products();
+        let new = vec![t("1"), t("7"), t("Mug"), Datum::UnchangedToast, t("d")];
+        let txn = plan_of(vec![row(&p, Op::Update, None, Some(new))]);
+        assert!(!txn.delete.iter().any(|k| k.contains("price:")), "{:?}", txn.delete);
     }
 
     #[test]
