@@ -62,10 +62,17 @@ impl Summary {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DryRunError {
+    /// Not a `#[source]`: the message already says it, and error chains would print it twice.
     #[error("{0}\nhint: fix the sample, force the format with --input-format, or pass --keep-going to skip bad lines")]
-    Sample(#[from] SampleError),
+    Sample(SampleError),
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
+}
+
+impl From<SampleError> for DryRunError {
+    fn from(e: SampleError) -> DryRunError {
+        DryRunError::Sample(e)
+    }
 }
 
 /// The dry-run printer: a [`Sink`] that writes what each batch would apply instead of applying

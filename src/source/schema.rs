@@ -47,6 +47,15 @@ pub async fn read_schema_with(
         wal_level: wal_level.first("wal_level").unwrap_or("").to_string(),
         ..SchemaInfo::default()
     };
+    let all = conn
+        .simple_query(
+            "SELECT n.nspname || '.' || c.relname AS t FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        )
+        .await?;
+    info.all_tables = all.rows.iter().filter_map(|r| r.first().cloned().flatten()).collect();
     let mut wanted: BTreeSet<TableName> = rules.tables().cloned().collect();
     if let Some(name) = publication {
         let publication = read_publication(conn, name).await?;

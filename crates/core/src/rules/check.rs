@@ -40,6 +40,8 @@ pub struct SchemaInfo {
     pub wal_level: String,
     pub tables: BTreeMap<TableName, TableInfo>,
     pub publication: Option<PublicationInfo>,
+    /// Every ordinary and partitioned table of the database (`schema.name`), for did-you-mean.
+    pub all_tables: Vec<String>,
 }
 
 fn diag(rule: &Rule, severity: Severity, field: String, message: String) -> Diagnostic {
@@ -83,8 +85,14 @@ pub fn check_against_schema(rules: &RuleSet, schema: &SchemaInfo) -> Vec<Diagnos
                 Severity::Error,
                 format!("rule `{}`.table", rule.name),
                 format!(
-                    "table {} does not exist in the database (names are case-sensitive)",
-                    rule.table
+                    "table {} does not exist in the database (names are case-sensitive){}",
+                    rule.table,
+                    {
+                        let names: Vec<&str> = schema.all_tables.iter().map(String::as_str).collect();
+                        crate::rules::load::did_you_mean(&rule.table.to_string(), &names)
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_default()
+                    }
                 ),
             )),
         }
@@ -353,6 +361,7 @@ mod tests {
             wal_level: "logical".into(),
             tables,
             publication: None,
+            all_tables: Vec::new(),
         }
     }
 
@@ -403,6 +412,17 @@ mod tests {
         );
         assert!(
             msgs.iter().any(|m| m.contains("public.nope does not exist")),
+            "{msgs:?}"
+        );
+        // Regression (issue: inputs, finding 11): a table name one letter off gets a suggestion.
+        let mut s = schema(ReplicaIdentity::Full, &["id"]);
+        s.all_tables = vec!["public.products".into(), "public.orders".into()];
+        let msgs = messages(
+            "version: 1\nrules:\n  - name: q\n    table: product\n    delete: [x]\n",
+            &s,
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("did you mean `public.products`")),
             "{msgs:?}"
         );
     }

@@ -170,6 +170,14 @@ impl Context {
                 );
                 continue;
             };
+            if name == "<<" {
+                self.error(
+                    key.pos,
+                    Some(field),
+                    format!("YAML merge keys (`<<: *anchor`) are not supported in {what}; write the fields out (anchors and aliases of whole values do work)"),
+                );
+                continue;
+            }
             if !allowed.contains(&name) {
                 let hint = match did_you_mean(name, allowed) {
                     Some(s) => format!("; did you mean `{s}`?"),
@@ -190,6 +198,14 @@ impl Context {
     fn string(&mut self, node: &Node, field: &str) -> Option<String> {
         match &node.kind {
             NodeKind::Scalar { text, .. } => Some(text.clone()),
+            NodeKind::Map(_) => {
+                self.error(
+                    node.pos,
+                    Some(field),
+                    "expected a string but found a mapping: YAML reads an unquoted `{…}` as a mapping; quote the template, e.g. \"product:{id}\"".into(),
+                );
+                None
+            }
             _ => {
                 self.error(
                     node.pos,
@@ -394,8 +410,9 @@ impl Context {
             Some(v) => {
                 let field = format!("{at}.fallback");
                 self.fields(v, FALLBACK_FIELDS, "a fallback", &field).map(|fb_fields| {
+                    let errors = self.error_count();
                     let fb = self.actions(&fb_fields, &field, true);
-                    if fb.is_empty() {
+                    if fb.is_empty() && self.error_count() == errors {
                         self.error(
                             v.pos,
                             Some(&field),
@@ -422,7 +439,8 @@ impl Context {
             }
         });
         let only_truncate = on.iter().all(|op| op == Op::Truncate);
-        if actions.is_empty() && !(only_truncate && fallback.is_some()) {
+        // After an error in the rule's actions, "no action" would only repeat it.
+        if actions.is_empty() && !(only_truncate && fallback.is_some()) && self.error_count() == errors_before {
             self.error(
                 node.pos,
                 Some(&at),
@@ -643,12 +661,14 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
-/// The closest allowed word within a small edit distance.
+/// The closest allowed word within a small edit distance — and closer than rewriting the word
+/// entirely (`x` is not a typo of `on`).
 pub fn did_you_mean<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let length = word.chars().count();
     allowed
         .iter()
         .map(|candidate| (levenshtein(word, candidate), *candidate))
-        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 4))
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 4) && *distance < length)
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, c)| c)
 }
@@ -724,6 +744,23 @@ rules:
         assert!(errs.iter().any(|e| e.contains("did you mean `rules`")), "{errs:?}");
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    on: [insrt]\n    delete: [x]\n");
         assert!(errs.iter().any(|e| e.contains("did you mean `insert`")), "{errs:?}");
+    }
+
+    /// Regression (issue: inputs, finding 11): no suggestion that rewrites the whole word, a
+    /// clear word on merge keys and unquoted templates, and no follow-on errors.
+    #[test]
+    fn suggestions_merge_keys_and_unquoted_templates() {
+        let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    x: 1\n    delete: [k]\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("unknown field `x`") && !e.contains("did you mean")),
+            "{errs:?}"
+        );
+        let errs = errors("version: 1\nbase: &b\n  table: t\nrules:\n  - name: a\n    <<: *b\n    delete: [k]\n");
+        assert!(errs.iter().any(|e| e.contains("merge keys")), "{errs:?}");
+        let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    delete: [{id}]\n");
+        assert_eq!(errs.len(), 1, "one error, no follow-on: {errs:?}");
+        assert!(errs[0].contains("quote the template"), "{errs:?}");
     }
 
     #[test]

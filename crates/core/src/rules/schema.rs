@@ -29,7 +29,7 @@ pub fn rules_schema() -> Value {
         "name": {"type": "string", "minLength": 1},
         "description": {"type": "string"},
         "table": {"type": "string", "minLength": 1, "description": "schema.table or table (schema public); case-sensitive"},
-        "on": {"type": "array", "minItems": 1, "items": {"enum": ["insert", "update", "delete", "truncate"]}},
+        "on": {"type": "array", "minItems": 1, "items": {"enum": ["insert", "update", "delete", "truncate"]}, "description": "operations the rule listens to (default: all but truncate). walbust reads YAML 1.2; YAML 1.1 tools (PyYAML, some linters) read an unquoted `on:` key as the boolean true — quote it (\"on\":) if such a tool processes your rules"},
         "changed": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "delete": {"$ref": "#/$defs/keys"},
         "bump": {"$ref": "#/$defs/keys"},

@@ -269,6 +269,9 @@ struct V1Txn {
     nextlsn: Option<String>,
     #[serde(default)]
     change: Vec<V1Change>,
+    /// Only format-version 2 has it: its presence means the wrong reader was chosen.
+    #[serde(default)]
+    action: Option<serde::de::IgnoredAny>,
 }
 
 /// Reader for wal2json format-version 1. A framing error ends the stream (a JSON stream
@@ -383,6 +386,14 @@ impl EventSource for Wal2JsonV1Reader {
             }
             match self.stream.next() {
                 None => return Ok(None),
+                Some(Ok(txn)) if txn.action.is_some() => {
+                    self.done = true;
+                    return Err(SampleError {
+                        source_name: self.source_name.clone(),
+                        line: 0,
+                        message: "this is wal2json format-version 2 (one object per line with an \"action\"), not format-version 1: use --input-format wal2json, or leave the format to detection".into(),
+                    });
+                }
                 Some(Ok(txn)) => {
                     if let Err(message) = self.expand(txn) {
                         self.pending.clear();
@@ -524,6 +535,16 @@ mod tests {
         );
         assert!(errs[2].starts_with("w.jsonl:4: expected action"), "{}", errs[2]);
         assert!(matches!(out.last(), Some(Ok(Event::Commit(_)))));
+    }
+
+    /// Regression (issue: inputs, finding 12): a format-version 2 file read as version 1 gave
+    /// transactions without changes and exit 0.
+    #[test]
+    fn a_version_2_file_read_as_version_1_is_an_error() {
+        let text = "{\"action\":\"B\",\"xid\":1}\n{\"action\":\"C\"}\n";
+        let mut r = Wal2JsonV1Reader::new("v2.json", Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
+        let err = r.next_event().unwrap_err();
+        assert!(err.message.contains("format-version 2"), "{}", err.message);
     }
 
     #[test]
