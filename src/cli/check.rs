@@ -65,8 +65,10 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
 fn summarize(diagnostics: &[Diagnostic], rules: usize) -> usize {
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = diagnostics.len() - errors;
-    if errors == 0 {
-        println!("ok: {rules} rule(s), {warnings} warning(s)");
+    if errors == 0 && warnings == 0 {
+        println!("ok: {rules} rule(s), no warnings");
+    } else if errors == 0 {
+        println!("passed with {warnings} warning(s) in {rules} rule(s) (--strict fails on warnings)");
     } else {
         println!("{errors} error(s), {warnings} warning(s)");
     }

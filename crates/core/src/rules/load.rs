@@ -454,7 +454,7 @@ impl Context {
                 "`truncate` needs a `fallback`: a TRUNCATE names no rows, so only fixed keys can be invalidated".into(),
             );
         }
-        self.semantic_warnings(&fields, &at, on, &actions);
+        self.semantic_warnings(&fields, &at, on, &actions, fallback.is_some());
         if self.error_count() > errors_before {
             return None;
         }
@@ -532,7 +532,14 @@ impl Context {
         actions
     }
 
-    fn semantic_warnings(&mut self, fields: &[(&str, Pos, &Node)], at: &str, on: OpSet, actions: &Actions) {
+    fn semantic_warnings(
+        &mut self,
+        fields: &[(&str, Pos, &Node)],
+        at: &str,
+        on: OpSet,
+        actions: &Actions,
+        has_fallback: bool,
+    ) {
         let pos_of = |name: &str| fields.iter().find(|(n, _, _)| *n == name).map(|(_, p, _)| *p);
         if !actions.delete_matching.is_empty() {
             self.warn(
@@ -561,6 +568,32 @@ impl Context {
                             template.source
                         ),
                     );
+                } else {
+                    // Renders on some of the operations listened to, not all.
+                    let missing = match image {
+                        super::template::Image::Old if on.contains(Op::Insert) => {
+                            Some(("INSERT", "an insert has no old row", "insert"))
+                        }
+                        super::template::Image::New if on.contains(Op::Delete) => {
+                            Some(("DELETE", "a delete has no new row", "delete"))
+                        }
+                        _ => None,
+                    };
+                    if let Some((op, why, name)) = missing {
+                        let then = if has_fallback {
+                            "the fallback is applied for every such change"
+                        } else {
+                            "with no fallback every such change is reported unrenderable"
+                        };
+                        self.warn(
+                            pos_of(kind.field()).unwrap_or_default(),
+                            Some(&format!("{at}.{}", kind.field())),
+                            format!(
+                                "`{}` cannot render `{column}` on {op} ({why}) and `on` includes `{name}`: {then}; list `on` without `{name}`, or use `{{{column}}}` (new row, or old row when the change carries it)",
+                                template.source
+                            ),
+                        );
+                    }
                 }
                 if column.trim() != column {
                     self.warn(
@@ -761,6 +794,26 @@ rules:
         let errs = errors("version: 1\nrules:\n  - name: a\n    table: t\n    delete: [{id}]\n");
         assert_eq!(errs.len(), 1, "one error, no follow-on: {errs:?}");
         assert!(errs[0].contains("quote the template"), "{errs:?}");
+    }
+
+    /// Regression (issue: inputs, finding 9): `{old.col}` with the default `on` cannot render on
+    /// INSERT; check said "ok".
+    #[test]
+    fn templates_that_cannot_render_on_some_listened_operations_are_warned_about() {
+        let loaded = load_str(
+            "rules.yaml",
+            "version: 1\nrules:\n  - name: a\n    table: t\n    delete: [\"k:{old.c}\", \"n:{new.c}\"]\n",
+        )
+        .unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(warnings.iter().any(|w| w.contains("on INSERT")), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("on DELETE")), "{warnings:?}");
+        let loaded = load_str(
+            "rules.yaml",
+            "version: 1\nrules:\n  - name: a\n    table: t\n    on: [update, delete]\n    delete: [\"k:{old.c}\"]\n",
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
     #[test]
