@@ -87,6 +87,7 @@ fn main() {
                 format: OutputFormat::Json,
                 explain: false,
                 keep_going: false,
+                ..Default::default()
             };
             let summary = dryrun::run(
                 rules.clone(),

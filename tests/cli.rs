@@ -214,3 +214,40 @@ fn completions_and_man_page() {
     assert!(out.status.success());
     assert!(text(&out).0.contains(".TH walbust"), "{}", text(&out).0);
 }
+
+/// Regression (issue: inputs, finding 14): dry-run ignored the daemon's settings and always
+/// planned with a fan-out limit of 10,000. With `--config` it plans as the daemon will: here a
+/// limit of 1 key per rule and transaction escalates every multi-key rule to its fallback.
+#[test]
+fn dry_run_with_the_daemons_config_plans_as_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walbust.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres]\nurl = \"postgres://x@localhost/db\"\n[rules]\npath = \"{}\"\nmax_keys_per_transaction = 1\n[[redis]]\nurl = \"redis://localhost\"\n",
+            repo().join("rules").display()
+        ),
+    )
+    .unwrap();
+    let sample = repo().join("samples/catalog.wal2json.jsonl");
+    let plain = walbust(&["dry-run", "--wal", sample.to_str().unwrap()], repo());
+    let (plain_out, _) = text(&plain);
+    let configured = walbust(
+        &[
+            "dry-run",
+            "--wal",
+            sample.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let (configured_out, stderr) = text(&configured);
+    assert!(configured.status.success(), "{stderr}");
+    let fallbacks = |s: &str| s.matches("fan-out").count();
+    assert!(
+        fallbacks(&configured_out) > fallbacks(&plain_out),
+        "with a limit of 1 the fan-out fallback applies:\n{configured_out}"
+    );
+}

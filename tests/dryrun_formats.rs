@@ -81,6 +81,7 @@ fn dry_run_json(text: &str, format: InputFormat) -> (Vec<serde_json::Value>, ser
         format: OutputFormat::Json,
         explain: false,
         keep_going: false,
+        ..Default::default()
     };
     dryrun::run(rules, reader.as_mut(), &mut out, options, &mut |e| {
         panic!("bad line: {e}")

@@ -32,6 +32,10 @@ pub struct DryRunArgs {
     /// Exit with status 2 when a change could not be mapped and its rule has no fallback.
     #[arg(long)]
     pub strict: bool,
+    /// The daemon's configuration file: plan exactly as it will (rules path when --rules is not
+    /// given, `rules.tag_prefix`, `rules.max_keys_per_transaction`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_input_format(text: &str) -> Result<InputFormat, String> {
@@ -43,7 +47,15 @@ const BUNDLED_SAMPLE: &str = "samples/catalog.wal2json.jsonl";
 const EMBEDDED_SAMPLE: &str = include_str!("../../samples/catalog.wal2json.jsonl");
 
 pub fn run(args: DryRunArgs) -> Result<ExitCode> {
-    let Some(loaded) = load_rules(args.rules.as_deref())? else {
+    let config = match &args.config {
+        Some(path) => Some(crate::config::Config::load(path)?),
+        None => None,
+    };
+    let rules_path = args
+        .rules
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.rules.path.clone()));
+    let Some(loaded) = load_rules(rules_path.as_deref())? else {
         return Ok(ExitCode::from(1));
     };
     let rules = Arc::new(loaded.rules);
@@ -68,6 +80,13 @@ pub fn run(args: DryRunArgs) -> Result<ExitCode> {
         },
         explain: args.explain,
         keep_going: args.keep_going,
+        engine: match &config {
+            Some(c) => crate::rules::eval::EngineOptions {
+                tag_prefix: c.rules.tag_prefix.clone(),
+                max_keys_per_transaction: c.rules.max_keys_per_transaction,
+            },
+            None => Default::default(),
+        },
     };
     let mut on_skip = |e: &sample::SampleError| eprintln!("skipped: {e}");
     let summary = dryrun::run(rules, source.as_mut(), &mut out, options, &mut on_skip).context("dry-run stopped")?;

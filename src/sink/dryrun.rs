@@ -6,6 +6,7 @@
 use super::{Batch, Sink, SinkError, SinkFuture};
 use crate::model::CommitInfo;
 use crate::plan::{Note, PlannedTxn, Planner};
+use crate::rules::eval::EngineOptions;
 use crate::rules::{ActionKind, RuleSet};
 use crate::sample::{EventSource, SampleError};
 use serde::Serialize;
@@ -19,13 +20,15 @@ pub enum OutputFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     pub format: OutputFormat,
     /// Name the rule that produced each action (text output).
     pub explain: bool,
     /// Report bad sample lines and go on instead of stopping at the first.
     pub keep_going: bool,
+    /// How the daemon evaluates (tag prefix, fan-out limit), so dry-run plans as it will.
+    pub engine: EngineOptions,
 }
 
 /// Totals over a sample; per-transaction arrays are counted after deduplication.
@@ -197,14 +200,15 @@ pub fn run(
     options: Options,
     on_skip: &mut dyn FnMut(&SampleError),
 ) -> Result<Summary, DryRunError> {
-    let mut planner = Planner::new(rules, options.explain);
+    let mut planner = Planner::with_options(rules, options.explain, options.engine.clone());
+    let keep_going = options.keep_going;
     let mut printer = Printer::new(out, options);
     let mut skipped_lines = 0;
     loop {
         let event = match source.next_event() {
             Ok(Some(event)) => event,
             Ok(None) => break,
-            Err(e) if options.keep_going => {
+            Err(e) if keep_going => {
                 skipped_lines += 1;
                 on_skip(&e);
                 continue;
