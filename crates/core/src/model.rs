@@ -122,6 +122,9 @@ pub struct Relation {
     pub name: String,
     pub columns: Vec<Column>,
     pub replica_identity: Option<ReplicaIdentity>,
+    /// The columns are only those the changes seen so far carried (sample formats describe no
+    /// tables), not the table's definition (pgoutput's Relation message).
+    pub columns_inferred: bool,
 }
 
 impl Relation {
@@ -133,6 +136,7 @@ impl Relation {
             name: name.into(),
             columns,
             replica_identity: None,
+            columns_inferred: false,
         }
     }
 

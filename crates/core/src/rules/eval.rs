@@ -369,10 +369,17 @@ fn render(template: &CompiledTemplate, row: &RowChange, pass: Image, out: &mut S
                 let image = if *image == Image::Any { pass } else { *image };
                 let Some(index) = *index else {
                     missing.get_or_insert_with(|| {
-                        format!(
-                            "`{name}` is not a column of {} as the WAL describes it; fix the rule or the schema",
-                            row.relation.qualified_name()
-                        )
+                        if row.relation.columns_inferred {
+                            format!(
+                                "`{name}` is not carried by the changes of {} in this sample so far (a sample lists only the columns a change carries: a key-only DELETE, or an UPDATE that left a TOASTed value out); the daemon sees the table's columns",
+                                row.relation.qualified_name()
+                            )
+                        } else {
+                            format!(
+                                "`{name}` is not a column of {} as the WAL describes it; fix the rule or the schema",
+                                row.relation.qualified_name()
+                            )
+                        }
                     });
                     continue;
                 };
@@ -590,6 +597,20 @@ rules:
         let new = vec![t("1"), t("7"), t("Mug"), Datum::UnchangedToast, t("d")];
         let txn = plan_of(vec![row(&p, Op::Update, None, Some(new))]);
         assert!(!txn.delete.iter().any(|k| k.contains("price:")), "{:?}", txn.delete);
+    }
+
+    /// Regression (issue: inputs, finding 13): in a sample whose first change of a table was a
+    /// key-only DELETE, a later reference to another column was reported as "not a column …
+    /// fix the rule or the schema".
+    #[test]
+    fn a_column_a_sample_has_not_shown_is_not_called_missing_from_the_schema() {
+        let mut rel = Relation::new("public", "reviews", vec![Column::named("id")]);
+        rel.columns_inferred = true;
+        let rel = Arc::new(rel);
+        let txn = plan_of(vec![row(&rel, Op::Delete, Some(vec![t("3")]), None)]);
+        let reason = &txn.unrenderable[0].reason;
+        assert!(reason.contains("not carried by the changes"), "{reason}");
+        assert!(!reason.contains("fix the rule or the schema"), "{reason}");
     }
 
     #[test]

@@ -108,7 +108,9 @@ impl RelationCache {
                 });
             }
         }
-        let rel = Arc::new(Relation::new(schema, name, columns));
+        let mut rel = Relation::new(schema, name, columns);
+        rel.columns_inferred = true;
+        let rel = Arc::new(rel);
         match position {
             Some(i) => self.relations[i] = rel.clone(),
             None => self.relations.push(rel.clone()),
