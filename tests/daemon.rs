@@ -1265,3 +1265,50 @@ async fn a_large_transaction_is_applied_in_parts_with_every_key() {
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
+
+/// Regression (issue: inputs, finding 8): changes of a partitioned table arrive under the
+/// partition's name, so a rule on the parent never fired (and the startup check asked for the
+/// parent to be added to a publication that already covered it). Now the parent's rules apply
+/// to every partition, including one attached while walbust runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_a_partitioned_table_apply_to_its_partitions() {
+    let pg = pg();
+    pg.psql(
+        "app",
+        "CREATE TABLE events (id int PRIMARY KEY, kind text) PARTITION BY RANGE (id);
+         CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (1000);
+         ALTER PUBLICATION pub ADD TABLE events;",
+    )
+    .unwrap();
+    let redis = RedisInstance::start().unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        "version: 1\nprefix: \"t:\"\nrules:\n  - name: event\n    table: events\n    delete: [\"event:{id}\"]\n",
+    )
+    .unwrap();
+    let cfg = config(&pg, rules.path(), &[&redis], "");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut c = conn(&redis);
+    for id in [5, 1500] {
+        let _: () = c.set(format!("t:event:{id}"), "cached").unwrap();
+    }
+    pg.psql("app", "INSERT INTO events VALUES (5, 'a')").unwrap();
+    wait_until("a partition's change invalidated by the parent's rule", || {
+        !c.exists::<_, bool>("t:event:5").unwrap()
+    });
+    pg.psql(
+        "app",
+        "CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (1000) TO (2000);
+         INSERT INTO events VALUES (1500, 'b');",
+    )
+    .unwrap();
+    wait_until("a partition attached while running", || {
+        !c.exists::<_, bool>("t:event:1500").unwrap()
+    });
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}

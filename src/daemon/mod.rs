@@ -15,6 +15,7 @@
 
 pub mod applier;
 pub mod gap;
+pub mod partitions;
 pub mod redelete;
 pub mod slot_stats;
 pub mod startup;
@@ -155,6 +156,7 @@ pub async fn run(
         streamed_once: false,
         generation: progress.generation(),
         slot_release,
+        partitions: partitions::PartitionResolver::new(connect.clone(), cfg.apply.retry_max_delay),
         config,
         connect,
         context,
@@ -268,6 +270,7 @@ struct Daemon {
     /// The [`Progress`] generation the current stream's batches belong to.
     generation: u64,
     slot_release: SlotRelease,
+    partitions: partitions::PartitionResolver,
 }
 
 /// `apply.release_slot_after`: an instance that cannot apply for that long gives the slot up,
@@ -341,7 +344,13 @@ impl Daemon {
                 _ = progress.replay_requested() => self.replay_from_slot().await,
                 release = self.slot_release.next() => self.release_or_take_back(release).await,
                 item = self.stream.recv() => match item {
-                    Some(StreamItem::Events(events)) => self.on_events(&events),
+                    Some(StreamItem::Events(events)) => {
+                        let stop = &self.stop;
+                        if !self.partitions.resolve(&events, self.planner.engine_mut(), &|| stop.requested()).await {
+                            return Ok(());
+                        }
+                        self.on_events(&events)
+                    }
                     Some(StreamItem::Messages(_)) | Some(StreamItem::Idle { .. }) => {
                         return Err(DaemonError::Internal("the stream sent raw messages; the daemon asks for events"))
                     }

@@ -154,10 +154,26 @@ async fn read_table(conn: &mut ReplicationConnection, table: &TableName) -> Resu
         Some(ReplicaIdentity::Default) => index_columns(conn, &oid, "i.indisprimary").await?,
         Some(ReplicaIdentity::Index) => index_columns(conn, &oid, "i.indisreplident").await?,
     };
+    let tree = conn
+        .simple_query(&format!(
+            "SELECT n.nspname::text AS s, c.relname::text AS t FROM pg_catalog.pg_partition_tree({oid}) p \
+             JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.relid <> {oid} ORDER BY p.level, 1, 2"
+        ))
+        .await?;
+    let partitions = tree
+        .rows
+        .iter()
+        .map(|r| TableName {
+            schema: column(&tree, r, "s"),
+            name: column(&tree, r, "t"),
+        })
+        .collect();
     Ok(Some(TableInfo {
         columns,
         replica_identity,
         identity_columns,
+        partitions,
     }))
 }
 

@@ -144,6 +144,10 @@ impl Planner {
         &self.engine
     }
 
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// Feeds one event; returns the planned transaction at its commit.
     pub fn push(&mut self, event: &Event) -> Option<PlannedTxn> {
         match event {

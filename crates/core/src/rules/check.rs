@@ -15,6 +15,10 @@ pub struct TableInfo {
     pub replica_identity: Option<ReplicaIdentity>,
     /// Columns carried in the old row of UPDATE/DELETE under the table's replica identity.
     pub identity_columns: BTreeSet<String>,
+    /// A partitioned table: its partitions (at every level). Their changes reach walbust under
+    /// their own names (unless the publication sets `publish_via_partition_root`), and the
+    /// daemon applies this table's rules to them.
+    pub partitions: Vec<TableName>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +102,12 @@ pub fn check_against_schema(rules: &RuleSet, schema: &SchemaInfo) -> Vec<Diagnos
         }
     }
     if let Some(publication) = &schema.publication {
-        check_publication(rules, publication, &mut out);
+        let partitions_of: BTreeMap<&TableName, &Vec<TableName>> = schema
+            .tables
+            .iter()
+            .map(|(name, info)| (name, &info.partitions))
+            .collect();
+        check_publication(rules, publication, &partitions_of, &mut out);
     }
     out
 }
@@ -115,7 +124,12 @@ fn global(severity: Severity, field: &str, message: String) -> Diagnostic {
 }
 
 /// The publication exists, and every table it publishes has a rule.
-fn check_publication(rules: &RuleSet, publication: &PublicationInfo, out: &mut Vec<Diagnostic>) {
+fn check_publication(
+    rules: &RuleSet,
+    publication: &PublicationInfo,
+    partitions_of: &BTreeMap<&TableName, &Vec<TableName>>,
+    out: &mut Vec<Diagnostic>,
+) {
     if !publication.exists {
         out.push(global(
             Severity::Error,
@@ -127,7 +141,13 @@ fn check_publication(rules: &RuleSet, publication: &PublicationInfo, out: &mut V
             ),
         ));
     }
-    let covered: BTreeSet<&TableName> = rules.rules.iter().map(|r| &r.table).collect();
+    let mut covered: BTreeSet<&TableName> = rules.rules.iter().map(|r| &r.table).collect();
+    // Partitions of a table with rules are covered by its rules.
+    for table in rules.rules.iter().map(|r| &r.table) {
+        if let Some(info) = partitions_of.get(table) {
+            covered.extend(info.iter());
+        }
+    }
     for table in publication.tables.iter().filter(|t| !covered.contains(t)) {
         out.push(global(
             Severity::Warning,
@@ -288,7 +308,10 @@ impl<'a> RuleCheck<'a> {
     /// The rule's table is published, with every operation it listens to.
     fn publication(&mut self, publication: &PublicationInfo) {
         let rule = self.rule;
-        if !publication.tables.contains(&rule.table) {
+        // A partitioned table is published through its partitions (or as itself, with
+        // publish_via_partition_root): either way its rows reach walbust.
+        let via_partitions = self.table.partitions.iter().any(|p| publication.tables.contains(p));
+        if !publication.tables.contains(&rule.table) && !via_partitions {
             let message = format!(
                 "{} is not in publication `{}`, so its changes never reach walbust; run `ALTER PUBLICATION {} ADD TABLE {}`",
                 rule.table,
@@ -355,6 +378,7 @@ mod tests {
                     .collect(),
                 replica_identity: Some(identity),
                 identity_columns: identity_columns.iter().map(|s| s.to_string()).collect(),
+                partitions: Vec::new(),
             },
         );
         SchemaInfo {
@@ -454,5 +478,31 @@ mod tests {
             "{msgs:?}"
         );
         assert!(msgs.iter().any(|m| m.contains("public.other is published")), "{msgs:?}");
+    }
+
+    /// Regression (issue: inputs, finding 8): a partitioned table is published through its
+    /// partitions; check asked to add it (and asked again after it was added).
+    #[test]
+    fn a_partitioned_table_is_published_through_its_partitions() {
+        let mut s = schema(ReplicaIdentity::Full, &["id", "category_id", "description"]);
+        let partition = TableName {
+            schema: "public".into(),
+            name: "products_2026".into(),
+        };
+        if let Some(table) = s.tables.values_mut().next() {
+            table.partitions = vec![partition.clone()];
+        }
+        s.publication = Some(PublicationInfo {
+            name: "pub".into(),
+            exists: true,
+            tables: [partition].into_iter().collect(),
+            publishes: [Op::Insert, Op::Update, Op::Delete].into_iter().collect(),
+        });
+        let msgs = messages(
+            "version: 1\nrules:\n  - name: p\n    table: products\n    delete: [\"p:{id}\"]\n",
+            &s,
+        );
+        assert!(!msgs.iter().any(|m| m.contains("not in publication")), "{msgs:?}");
+        assert!(!msgs.iter().any(|m| m.contains("no rule covers it")), "{msgs:?}");
     }
 }

@@ -82,6 +82,8 @@ pub struct Engine {
     rules: Arc<RuleSet>,
     options: EngineOptions,
     compiled: HashMap<u64, Arc<Vec<CompiledRule>>>,
+    /// Partition (schema, name) → the partitioned table whose rules apply to it.
+    partition_parents: HashMap<(String, String), super::TableName>,
     buf: String,
     tag_buf: String,
 }
@@ -96,6 +98,7 @@ impl Engine {
             rules,
             options,
             compiled: HashMap::new(),
+            partition_parents: HashMap::new(),
             buf: String::with_capacity(128),
             tag_buf: String::with_capacity(128),
         }
@@ -103,6 +106,23 @@ impl Engine {
 
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// Whether any rule names this table (or, for a partition, its partitioned parent).
+    pub fn has_rules_for(&self, relation: &Relation) -> bool {
+        !self.rules.rules_for(&relation.schema, &relation.name).is_empty()
+            || self
+                .partition_parents
+                .contains_key(&(relation.schema.clone(), relation.name.clone()))
+    }
+
+    /// Changes of the partition `partition` are evaluated with the rules of `parent` (a
+    /// partitioned table; pgoutput names the partition unless the publication sets
+    /// `publish_via_partition_root`).
+    pub fn set_partition_parent(&mut self, partition: super::TableName, parent: super::TableName) {
+        self.partition_parents
+            .insert((partition.schema, partition.name), parent);
+        self.compiled.clear();
     }
 
     /// Adds the actions of one change to `plan`.
@@ -136,9 +156,16 @@ impl Engine {
         if let Some(c) = self.compiled.get(&relation.id) {
             return c.clone();
         }
-        let compiled: Vec<CompiledRule> = self
-            .rules
-            .rules_for(&relation.schema, &relation.name)
+        let mut rules = self.rules.rules_for(&relation.schema, &relation.name);
+        if rules.is_empty() {
+            if let Some(parent) = self
+                .partition_parents
+                .get(&(relation.schema.clone(), relation.name.clone()))
+            {
+                rules = self.rules.rules_for(&parent.schema, &parent.name);
+            }
+        }
+        let compiled: Vec<CompiledRule> = rules
             .iter()
             .map(|&idx| compile(idx, &self.rules.rules[idx], relation, &self.options.tag_prefix))
             .collect();
