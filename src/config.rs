@@ -113,6 +113,9 @@ pub struct PostgresConfig {
     /// Poll slot statistics (retained WAL) this often.
     #[serde(with = "duration_text")]
     pub slot_stats_interval: Duration,
+    /// Stream large transactions while they run (protocol 2, PostgreSQL 14+): their keys are
+    /// collected as they arrive and applied at their commit.
+    pub streaming: bool,
 }
 
 impl Default for PostgresConfig {
@@ -125,6 +128,7 @@ impl Default for PostgresConfig {
             status_interval: DEFAULT_STATUS_INTERVAL,
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
             slot_stats_interval: DEFAULT_SLOT_STATS_INTERVAL,
+            streaming: true,
         }
     }
 }
@@ -439,6 +443,7 @@ impl Config {
             "SLOT" => self.postgres.slot = value,
             "PUBLICATION" => self.postgres.publication = value,
             "CREATE_SLOT" => self.postgres.create_slot = flag,
+            "STREAMING" => self.postgres.streaming = flag,
             "STATUS_INTERVAL" => self.postgres.status_interval = duration("postgres.status_interval")?,
             "RULES" => self.rules.path = PathBuf::from(value),
             "TAG_PREFIX" => self.rules.tag_prefix = value,

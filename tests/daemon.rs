@@ -1312,3 +1312,109 @@ async fn rules_on_a_partitioned_table_apply_to_its_partitions() {
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
 }
+
+/// Protocol 2 streaming (issue: speed): a transaction larger than `logical_decoding_work_mem`
+/// is streamed while it runs. Its keys are applied at its commit, nothing of an aborted
+/// subtransaction or of an aborted transaction is applied, and the position is acknowledged only
+/// after the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
+    let pg = PgInstance::start_with(PgOptions {
+        extra_conf: vec![
+            ("wal_sender_timeout".into(), "5s".into()),
+            ("logical_decoding_work_mem".into(), "64kB".into()),
+        ],
+        ..PgOptions::default()
+    })
+    .unwrap();
+    if pg
+        .psql("postgres", "SHOW server_version_num")
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap_or(0)
+        < 140000
+    {
+        eprintln!("PostgreSQL before 14 streams nothing; skipped");
+        return;
+    }
+    pg.create_database("app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE products (id int PRIMARY KEY, category_id int, name text);
+         CREATE PUBLICATION pub FOR TABLE products;
+         SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');",
+    )
+    .unwrap();
+    let redis = RedisInstance::start().unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        "version: 1\nprefix: \"t:\"\nrules:\n  - name: p\n    table: products\n    delete: [\"product:{id}\"]\n",
+    )
+    .unwrap();
+    let mut cfg = config(&pg, rules.path(), &[&redis], "");
+    cfg.rules.max_keys_per_transaction = 1_000_000;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut c = conn(&redis);
+    for id in 1..=9000 {
+        let _: () = c.set(format!("t:product:{id}"), "cached").unwrap();
+    }
+    // Committed: ids 1..=3000 (top level) and 6001..=9000 (a released savepoint); rolled back
+    // to a savepoint: 3001..=6000.
+    pg.psql(
+        "app",
+        "BEGIN;
+         INSERT INTO products SELECT g, 1, repeat('x', 100) FROM generate_series(1, 3000) g;
+         SAVEPOINT a;
+         INSERT INTO products SELECT g, 1, repeat('x', 100) FROM generate_series(3001, 6000) g;
+         ROLLBACK TO SAVEPOINT a;
+         SAVEPOINT b;
+         INSERT INTO products SELECT g, 1, repeat('x', 100) FROM generate_series(6001, 9000) g;
+         RELEASE SAVEPOINT b;
+         COMMIT;",
+    )
+    .unwrap();
+    let committed = current_lsn(&pg);
+    // An aborted streamed transaction.
+    for id in 20001..=23000 {
+        let _: () = c.set(format!("t:product:{id}"), "cached").unwrap();
+    }
+    pg.psql(
+        "app",
+        "BEGIN; INSERT INTO products SELECT g, 1, repeat('x', 100) FROM generate_series(20001, 23000) g; ROLLBACK;",
+    )
+    .unwrap();
+    pg.psql("app", "INSERT INTO products VALUES (99999, 1, 'marker')")
+        .unwrap();
+    let _: () = c.set("t:product:99999", "cached").unwrap();
+    pg.psql("app", "UPDATE products SET name = 'm' WHERE id = 99999")
+        .unwrap();
+    wait_until("the marker after everything", || {
+        !c.exists::<_, bool>("t:product:99999").unwrap()
+    });
+    wait_until("acknowledged", || confirmed(&pg) >= committed);
+    let present = |c: &mut redis::Connection, ids: std::ops::RangeInclusive<i32>| {
+        ids.filter(|id| c.exists::<_, bool>(format!("t:product:{id}")).unwrap())
+            .count()
+    };
+    assert_eq!(present(&mut c, 1..=3000), 0, "top-level keys applied");
+    assert_eq!(present(&mut c, 6001..=9000), 0, "released subtransaction applied");
+    assert_eq!(present(&mut c, 3001..=6000), 3000, "rolled-back subtransaction dropped");
+    assert_eq!(present(&mut c, 20001..=23000), 3000, "aborted transaction dropped");
+    let streamed: String = pg
+        .psql(
+            "app",
+            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'walbust'",
+        )
+        .unwrap();
+    assert!(
+        streamed.trim().parse::<u64>().unwrap_or(0) >= 1,
+        "the server streamed: {streamed}"
+    );
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}

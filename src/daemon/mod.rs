@@ -177,6 +177,7 @@ fn stream_config(config: &Validated, connect: &ConnectOptions) -> StreamConfig {
     let cfg = &config.config;
     let mut s = StreamConfig::new(connect.clone(), &cfg.postgres.slot, &cfg.postgres.publication);
     s.create_slot = cfg.postgres.create_slot;
+    s.streaming = cfg.postgres.streaming;
     s.status_interval = cfg.postgres.status_interval;
     s.backoff_max = cfg.postgres.reconnect_max_delay;
     s.channel_batches = cfg.apply.buffer_batches.max(1);
@@ -433,7 +434,7 @@ impl Daemon {
     fn on_events(&mut self, events: &[Event]) {
         self.streamed_once = true;
         for event in events {
-            if let Event::Change(change) = event {
+            if let Event::Change(change) | Event::StreamChange { change, .. } = event {
                 self.change_counts.count(change);
             }
             if let Some(txn) = self.planner.push(event) {

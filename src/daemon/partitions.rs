@@ -44,7 +44,9 @@ impl PartitionResolver {
         is_shutdown: &(dyn Fn() -> bool + Sync),
     ) -> bool {
         for event in events {
-            let Event::Change(change) = event else { continue };
+            let (Event::Change(change) | Event::StreamChange { change, .. }) = event else {
+                continue;
+            };
             let relations: &[std::sync::Arc<Relation>] = match change {
                 Change::Row(row) => std::slice::from_ref(&row.relation),
                 Change::Truncate(t) => &t.relations,

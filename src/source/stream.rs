@@ -66,6 +66,9 @@ pub struct StreamConfig {
     /// Hand the consumer the raw pgoutput messages ([`StreamItem::Messages`], for captures)
     /// instead of decoded events.
     pub raw_messages: bool,
+    /// Protocol 2 with `streaming = on` where the server supports it (PostgreSQL 14+): a large
+    /// transaction's changes arrive while it runs, not all after its commit.
+    pub streaming: bool,
 }
 
 impl StreamConfig {
@@ -83,6 +86,7 @@ impl StreamConfig {
             backoff_max: Duration::from_secs(30),
             temporary_slot: false,
             raw_messages: false,
+            streaming: false,
         }
     }
 }
@@ -422,6 +426,8 @@ struct Session<'a> {
     in_transaction: bool,
     /// Latest server WAL end seen (keepalive or XLogData).
     server_wal_end: Lsn,
+    /// Streamed transactions started and not yet committed or aborted.
+    open_streams: std::collections::HashSet<u32>,
     /// The position last sent to the server.
     reported: Lsn,
     last_status: Instant,
@@ -439,6 +445,7 @@ impl<'a> Session<'a> {
             forwarded_end: Lsn(0),
             in_transaction: false,
             server_wal_end: Lsn(0),
+            open_streams: std::collections::HashSet::new(),
             reported: progress.reported(),
             last_status: Instant::now(),
             started: false,
@@ -452,7 +459,7 @@ impl<'a> Session<'a> {
         ack_position(
             self.progress.acknowledgeable(),
             self.forwarded_end,
-            self.in_transaction,
+            self.in_transaction || !self.open_streams.is_empty(),
             self.server_wal_end,
             self.reported,
         )
@@ -461,7 +468,7 @@ impl<'a> Session<'a> {
     async fn send_status(&mut self, conn: &mut ReplicationConnection, reply: bool) -> Result<(), StreamError> {
         let (forwarded_end, in_transaction, server_wal_end, reported) = (
             self.forwarded_end,
-            self.in_transaction,
+            self.in_transaction || !self.open_streams.is_empty(),
             self.server_wal_end,
             self.reported,
         );
@@ -488,10 +495,13 @@ impl<'a> Session<'a> {
             preflight(&mut conn, self.config, self.may_create_slot).await?;
         }
         self.check_origin(&mut conn).await?;
+        let streaming = self.config.streaming && !self.config.raw_messages && server_major(&conn) >= 14;
         let command = format!(
-            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '{}', publication_names {}{})",
             quote_ident(&self.config.slot),
-            quote_literal(&quote_ident(&self.config.publication))
+            if streaming { 2 } else { 1 },
+            quote_literal(&quote_ident(&self.config.publication)),
+            if streaming { ", streaming 'on'" } else { "" }
         );
         conn.start_copy_both(&command)
             .await
@@ -628,7 +638,8 @@ impl<'a> Session<'a> {
         self.progress.server_wal_end.fetch_max(wal_end.0, Ordering::AcqRel);
     }
 
-    /// Transaction boundaries, for the acknowledgement decision.
+    /// Transaction boundaries, for the acknowledgement decision. A streamed transaction in
+    /// progress counts as in flight until its commit or abort.
     fn track(&mut self, event: &Event) {
         match event {
             Event::Begin { .. } => self.in_transaction = true,
@@ -637,6 +648,20 @@ impl<'a> Session<'a> {
                 if let Some(end) = info.end_lsn {
                     self.forwarded_end = self.forwarded_end.max(end);
                 }
+            }
+            Event::StreamStart { xid } => {
+                self.open_streams.insert(*xid);
+            }
+            Event::StreamCommit(info) => {
+                if let Some(xid) = info.xid {
+                    self.open_streams.remove(&xid);
+                }
+                if let Some(end) = info.end_lsn {
+                    self.forwarded_end = self.forwarded_end.max(end);
+                }
+            }
+            Event::StreamAbort { xid, subxid } if xid == subxid => {
+                self.open_streams.remove(xid);
             }
             _ => {}
         }
@@ -735,6 +760,15 @@ pub fn ack_position(applied: Lsn, forwarded_end: Lsn, in_transaction: bool, serv
     let idle = !in_transaction && applied >= forwarded_end;
     let position = if idle { applied.max(server_wal_end) } else { applied };
     position.max(reported)
+}
+
+/// The server's major version from its startup parameters (0 when unknown).
+fn server_major(conn: &ReplicationConnection) -> u32 {
+    conn.parameters
+        .get("server_version")
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|major| major.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Maps server errors from START_REPLICATION to the distinct errors operators need.

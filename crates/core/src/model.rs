@@ -365,7 +365,27 @@ pub enum Event {
     /// The transaction committed; its changes take effect.
     Commit(CommitInfo),
     /// The transaction was aborted (only some inputs can say so); its changes are discarded.
+    /// Also: the stream restarted, and every transaction in progress is sent again.
     Rollback,
+    /// Protocol 2 streaming of in-progress transactions: changes of transaction `xid` follow
+    /// (as [`Event::StreamChange`]) until [`Event::StreamStop`]; blocks of several transactions
+    /// interleave, and regular transactions come between blocks.
+    StreamStart {
+        xid: u32,
+    },
+    /// A change of the streamed (sub)transaction `xid`.
+    StreamChange {
+        xid: u32,
+        change: Change,
+    },
+    StreamStop,
+    /// The streamed transaction (`xid` in the info) committed: its changes take effect.
+    StreamCommit(CommitInfo),
+    /// The streamed subtransaction `subxid` of `xid` aborted (`subxid == xid`: all of `xid`).
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
 }
 
 #[cfg(test)]

@@ -133,6 +133,27 @@ pub enum Message<'a> {
         restart_identity: bool,
         relations: Vec<u32>,
     },
+    /// Protocol 2: a block of changes of an in-progress transaction `xid` follows, up to
+    /// [`Message::StreamStop`].
+    StreamStart {
+        xid: u32,
+        first_segment: bool,
+    },
+    StreamStop,
+    /// Protocol 2: the streamed transaction `xid` committed.
+    StreamCommit {
+        xid: u32,
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+    /// Protocol 2: the streamed (sub)transaction `subxid` of `xid` aborted (`subxid == xid`: the
+    /// whole transaction).
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
     /// A logical decoding message (`pg_logical_emit_message`).
     LogicalMessage {
         transactional: bool,
@@ -184,11 +205,39 @@ fn old_kind(byte: u8, what: &'static str) -> Result<OldKind, DecodeError> {
     }
 }
 
-/// Parses one pgoutput message (the payload of an XLogData frame).
+/// Parses one pgoutput message (the payload of an XLogData frame) outside a stream block.
 pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
+    parse_message_in(bytes, false).map(|(_, message)| message)
+}
+
+/// Parses one pgoutput message. Inside a stream block (protocol 2, between Stream Start and
+/// Stream Stop) data messages carry the xid of the (sub)transaction that made them, returned
+/// first.
+pub fn parse_message_in(bytes: &[u8], in_stream: bool) -> Result<(Option<u32>, Message<'_>), DecodeError> {
     let mut c = Cursor::new(bytes);
     let tag = c.u8("message type")?;
+    let xid = if in_stream && matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M') {
+        Some(c.u32("streamed transaction xid")?)
+    } else {
+        None
+    };
     let message = match tag {
+        b'S' => Message::StreamStart {
+            xid: c.u32("Stream Start xid")?,
+            first_segment: c.u8("Stream Start first segment")? == 1,
+        },
+        b'E' => Message::StreamStop,
+        b'c' => Message::StreamCommit {
+            xid: c.u32("Stream Commit xid")?,
+            flags: c.u8("Stream Commit flags")?,
+            commit_lsn: c.lsn("Stream Commit LSN")?,
+            end_lsn: c.lsn("Stream Commit end LSN")?,
+            commit_time: c.i64("Stream Commit time")?,
+        },
+        b'A' => Message::StreamAbort {
+            xid: c.u32("Stream Abort xid")?,
+            subxid: c.u32("Stream Abort subtransaction xid")?,
+        },
         b'B' => Message::Begin {
             final_lsn: c.lsn("Begin final LSN")?,
             commit_time: c.i64("Begin commit time")?,
@@ -317,7 +366,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
         other => return Err(DecodeError::UnknownMessage(other as char)),
     };
     finish(&c)?;
-    Ok(message)
+    Ok((xid, message))
 }
 
 /// Stateful decoder: relation cache + message → event conversion.
@@ -327,6 +376,8 @@ pub struct Decoder {
     /// Type names announced by Type messages (user-defined types), by OID.
     types: HashMap<u32, String>,
     xid: Option<u32>,
+    /// Inside a stream block (protocol 2): the streamed transaction's xid.
+    stream: Option<u32>,
 }
 
 impl Decoder {
@@ -347,8 +398,13 @@ impl Decoder {
     /// Decodes one message; `Ok(None)` for messages that produce no event (Relation, Type,
     /// Origin, logical decoding messages).
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
-        let message = parse_message(bytes)?;
-        self.apply(message)
+        let (xid, message) = parse_message_in(bytes, self.stream.is_some())?;
+        let event = self.apply(message)?;
+        // A change inside a stream block belongs to the (sub)transaction it names.
+        Ok(match (xid, event) {
+            (Some(xid), Some(Event::Change(change))) => Some(Event::StreamChange { xid, change }),
+            (_, event) => event,
+        })
     }
 
     fn rel(&self, what: &'static str, oid: u32) -> Result<&Arc<Relation>, DecodeError> {
@@ -376,6 +432,27 @@ impl Decoder {
                 end_lsn: Some(end_lsn),
                 commit_time: Some(Timestamp::from_pg_micros(commit_time)),
             })),
+            Message::StreamStart { xid, .. } => {
+                self.stream = Some(xid);
+                Some(Event::StreamStart { xid })
+            }
+            Message::StreamStop => {
+                self.stream = None;
+                Some(Event::StreamStop)
+            }
+            Message::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => Some(Event::StreamCommit(CommitInfo {
+                xid: Some(xid),
+                lsn: Some(commit_lsn),
+                end_lsn: Some(end_lsn),
+                commit_time: Some(Timestamp::from_pg_micros(commit_time)),
+            })),
+            Message::StreamAbort { xid, subxid } => Some(Event::StreamAbort { xid, subxid }),
             Message::Origin { .. } | Message::LogicalMessage { .. } => None,
             Message::Type { oid, namespace, name } => {
                 self.types.insert(oid, format!("{namespace}.{name}"));
@@ -569,6 +646,60 @@ mod tests {
         assert_eq!(info.lsn.unwrap().to_string(), "0/16B3748");
         assert_eq!(info.end_lsn.unwrap().to_string(), "0/16B3778");
         assert_eq!(info.commit_time.unwrap().to_string(), "2000-01-01T00:00:01.000000Z");
+    }
+
+    /// Protocol 2 streaming: Stream Start, data messages carrying the (sub)transaction xid,
+    /// Stream Stop, Stream Abort of a subtransaction and Stream Commit — laid out as in the
+    /// PostgreSQL protocol documentation (53.9, "Logical Replication Message Formats").
+    #[test]
+    fn streamed_transactions() {
+        let mut d = Decoder::new();
+        let start = B::new(b'S').i32(900).u8(1).0;
+        assert_eq!(d.decode(&start).unwrap(), Some(Event::StreamStart { xid: 900 }));
+        // Inside the block a Relation carries the xid too.
+        let mut relation = vec![b'R'];
+        relation.extend_from_slice(&900u32.to_be_bytes());
+        relation.extend_from_slice(&relation_msg()[1..]);
+        assert_eq!(d.decode(&relation).unwrap(), None);
+        let insert = B::new(b'I')
+            .i32(901)
+            .i32(16385)
+            .u8(b'N')
+            .i16(3)
+            .text("1")
+            .text("5")
+            .u8(b'n')
+            .0;
+        let Some(Event::StreamChange {
+            xid: 901,
+            change: Change::Row(r),
+        }) = d.decode(&insert).unwrap()
+        else {
+            panic!("a streamed change of subtransaction 901")
+        };
+        assert_eq!(r.op, Op::Insert);
+        assert_eq!(d.decode(&B::new(b'E').0).unwrap(), Some(Event::StreamStop));
+        // Outside a block the same bytes are not a streamed message.
+        assert!(d.decode(&insert).is_err());
+        let abort = B::new(b'A').i32(900).i32(901).0;
+        assert_eq!(
+            d.decode(&abort).unwrap(),
+            Some(Event::StreamAbort { xid: 900, subxid: 901 })
+        );
+        let commit = B::new(b'c').i32(900).u8(0).i64(0x2000).i64(0x2030).i64(0).0;
+        let Some(Event::StreamCommit(info)) = d.decode(&commit).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (info.xid, info.lsn, info.end_lsn),
+            (Some(900), Some(Lsn(0x2000)), Some(Lsn(0x2030)))
+        );
+        // Truncated stream messages are errors, never panics.
+        for message in [start, commit, abort] {
+            for len in 0..message.len() {
+                assert!(parse_message_in(&message[..len], false).is_err());
+            }
+        }
     }
 
     #[test]

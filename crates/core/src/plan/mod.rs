@@ -7,7 +7,7 @@
 use crate::model::{CommitInfo, Event};
 use crate::rules::eval::{Engine, EngineOptions};
 use crate::rules::{ActionKind, RuleSet};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub use crate::rules::actions::{Note, TxnPlan};
@@ -115,6 +115,12 @@ pub struct Planner {
     final_lsn: Option<crate::model::Lsn>,
     /// Sort each transaction's actions (for output people read; see [`Planner::unsorted`]).
     sort: bool,
+    /// Streamed transactions in progress (protocol 2): top-level xid → what each of its
+    /// (sub)transactions collected, so a subtransaction's abort drops only its own keys.
+    streams: HashMap<u32, HashMap<u32, TxnPlan>>,
+    /// The streamed transaction of the current stream block.
+    stream: Option<u32>,
+    explain: bool,
 }
 
 impl Planner {
@@ -130,6 +136,9 @@ impl Planner {
             open_xid: None,
             final_lsn: None,
             sort: true,
+            streams: HashMap::new(),
+            stream: None,
+            explain,
         }
     }
 
@@ -178,7 +187,46 @@ impl Planner {
                 self.current.clear();
                 self.in_transaction = false;
                 self.open_xid = None;
+                // The server sends every transaction in progress again after a restart.
+                self.streams.clear();
+                self.stream = None;
                 None
+            }
+            Event::StreamStart { xid } => {
+                self.stream = Some(*xid);
+                None
+            }
+            Event::StreamStop => {
+                self.stream = None;
+                None
+            }
+            Event::StreamChange { xid: subxid, change } => {
+                let top = self.stream.unwrap_or(*subxid);
+                let explain = self.explain;
+                let plan = self
+                    .streams
+                    .entry(top)
+                    .or_default()
+                    .entry(*subxid)
+                    .or_insert_with(|| TxnPlan::with_explain(explain));
+                self.engine.evaluate(change, plan);
+                None
+            }
+            Event::StreamAbort { xid, subxid } => {
+                if xid == subxid {
+                    self.streams.remove(xid);
+                } else if let Some(subs) = self.streams.get_mut(xid) {
+                    subs.remove(subxid);
+                }
+                None
+            }
+            Event::StreamCommit(info) => {
+                let top = info.xid?;
+                let mut merged = TxnPlan::with_explain(self.explain);
+                for (_, plan) in self.streams.remove(&top).unwrap_or_default() {
+                    merged.absorb(plan);
+                }
+                Some(take(&mut merged, info.clone(), self.engine.rules(), self.sort))
             }
         }
     }

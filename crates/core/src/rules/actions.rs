@@ -98,6 +98,33 @@ impl TxnPlan {
         }
     }
 
+    /// Takes in what `other` collected (the subtransactions of a streamed transaction, merged
+    /// at its commit).
+    pub fn absorb(&mut self, other: TxnPlan) {
+        self.changes += other.changes;
+        self.delete.extend(other.delete);
+        self.bump.extend(other.bump);
+        self.tags.extend(other.tags);
+        self.tag_keys.extend(other.tag_keys);
+        self.delete_matching.extend(other.delete_matching);
+        self.publish.extend(other.publish);
+        self.fallbacks.extend(other.fallbacks);
+        self.unrenderable.extend(other.unrenderable);
+        for (key, delay) in other.redelete {
+            let entry = self.redelete.entry(key).or_default();
+            *entry = (*entry).max(delay);
+        }
+        for (rule, n) in other.rule_keys {
+            *self.rule_keys.entry(rule).or_default() += n;
+        }
+        self.escalated.extend(other.escalated);
+        if let (Some(mine), Some(theirs)) = (&mut self.explain, other.explain) {
+            for (key, rules) in theirs {
+                mine.entry(key).or_default().extend(rules);
+            }
+        }
+    }
+
     /// Forgets everything collected (a rollback, or the next BEGIN).
     pub fn clear(&mut self) {
         self.changes = 0;
