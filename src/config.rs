@@ -34,6 +34,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// lost) with margin. See docs/consistency.md for sizing against RDB `save` intervals.
 pub const DEFAULT_DURABILITY_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_DECODING_WORK_MEM: &str = "1MB";
 /// An instance that cannot apply for this long releases the slot for a standby.
 pub const DEFAULT_RELEASE_SLOT_AFTER: Duration = Duration::from_secs(30);
 
@@ -116,6 +117,9 @@ pub struct PostgresConfig {
     /// Stream large transactions while they run (protocol 2, PostgreSQL 14+): their keys are
     /// collected as they arrive and applied at their commit.
     pub streaming: bool,
+    /// With streaming: `logical_decoding_work_mem` for walbust's walsender, so a large
+    /// transaction streams early and little is left after its COMMIT (empty: the server's).
+    pub decoding_work_mem: String,
 }
 
 impl Default for PostgresConfig {
@@ -129,6 +133,7 @@ impl Default for PostgresConfig {
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
             slot_stats_interval: DEFAULT_SLOT_STATS_INTERVAL,
             streaming: true,
+            decoding_work_mem: DEFAULT_DECODING_WORK_MEM.into(),
         }
     }
 }

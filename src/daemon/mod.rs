@@ -178,6 +178,7 @@ fn stream_config(config: &Validated, connect: &ConnectOptions) -> StreamConfig {
     let mut s = StreamConfig::new(connect.clone(), &cfg.postgres.slot, &cfg.postgres.publication);
     s.create_slot = cfg.postgres.create_slot;
     s.streaming = cfg.postgres.streaming;
+    s.decoding_work_mem = cfg.postgres.decoding_work_mem.clone();
     s.status_interval = cfg.postgres.status_interval;
     s.backoff_max = cfg.postgres.reconnect_max_delay;
     s.channel_batches = cfg.apply.buffer_batches.max(1);

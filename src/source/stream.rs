@@ -69,6 +69,8 @@ pub struct StreamConfig {
     /// Protocol 2 with `streaming = on` where the server supports it (PostgreSQL 14+): a large
     /// transaction's changes arrive while it runs, not all after its commit.
     pub streaming: bool,
+    /// With `streaming`: `logical_decoding_work_mem` for this walsender (empty: the server's).
+    pub decoding_work_mem: String,
 }
 
 impl StreamConfig {
@@ -87,6 +89,7 @@ impl StreamConfig {
             temporary_slot: false,
             raw_messages: false,
             streaming: false,
+            decoding_work_mem: String::new(),
         }
     }
 }
@@ -496,6 +499,15 @@ impl<'a> Session<'a> {
         }
         self.check_origin(&mut conn).await?;
         let streaming = self.config.streaming && !self.config.raw_messages && server_major(&conn) >= 14;
+        if streaming && !self.config.decoding_work_mem.is_empty() {
+            // The walsender streams a transaction once it holds this much of it: the less it
+            // holds back, the less is left to send after the COMMIT.
+            conn.simple_query(&format!(
+                "SET logical_decoding_work_mem = {}",
+                quote_literal(&self.config.decoding_work_mem)
+            ))
+            .await?;
+        }
         let command = format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '{}', publication_names {}{})",
             quote_ident(&self.config.slot),
