@@ -74,6 +74,17 @@ fn config(pg: &PgInstance, rules: &Path, redis: &[&RedisInstance], listen: &str)
     c
 }
 
+type DaemonTask = tokio::task::JoinHandle<Result<walbust::daemon::RunSummary, walbust::daemon::DaemonError>>;
+
+/// Runs the daemon in this process until the returned sender fires (or is dropped).
+fn start_daemon(cfg: Config) -> (tokio::sync::oneshot::Sender<()>, DaemonTask) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, daemon)
+}
+
 fn conn(redis: &RedisInstance) -> redis::Connection {
     redis::Client::open(redis.url()).unwrap().get_connection().unwrap()
 }
@@ -432,10 +443,7 @@ async fn applies_to_a_three_node_redis_cluster() {
         cluster: true,
         ..RedisConfig::default()
     }];
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let client = redis::cluster::ClusterClient::new(vec![cluster.nodes[0].url()]).unwrap();
     let mut c = client.get_connection().unwrap();
     for i in 1..=50 {
@@ -530,10 +538,7 @@ async fn refuses_unrenderable_rules_unless_allowed_and_bumps_the_epoch_on_a_gap(
     let rules = rules_dir();
     let mut cfg = config(&pg, rules.path(), &[&redis], "");
     cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     let epoch = stream_across_a_dropped_slot(&pg, &mut c);
     // The daemon gave the new target a fresh epoch when it connected.
@@ -570,10 +575,7 @@ async fn applies_over_tls_with_a_configured_ca() {
         ca_cert: Some(ca_cert),
         ..RedisConfig::default()
     }];
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     pg.psql("app", "INSERT INTO products VALUES (7, 1, 'tls')").unwrap();
     wait_until("applied over TLS", || !plain.exists::<_, bool>("t:product:7").unwrap());
     assert!(version(&mut plain, "t:ver:product:7").is_some());
@@ -592,10 +594,7 @@ async fn a_redis_restarted_empty_gets_a_fresh_epoch_even_when_idle() {
     let rules = rules_dir();
     let port = free_port();
     let cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     let mut first = None;
     wait_until("epoch set at start", || {
@@ -633,10 +632,7 @@ async fn create_slot_never_hides_a_gap_after_streaming() {
     let mut cfg = config(&pg, rules.path(), &[&redis], "");
     cfg.postgres.create_slot = true;
     cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     // The first connection creates the slot (a first deployment).
     wait_until("slot created", || {
@@ -880,10 +876,7 @@ async fn a_redis_restored_from_an_older_snapshot_is_replayed_from_the_slot() {
     let port = free_port();
     let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     cfg.apply.durability_window = walbust::config::DEFAULT_DURABILITY_WINDOW;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     pg.psql(
         "app",
@@ -931,13 +924,7 @@ async fn a_restore_older_than_the_window_bumps_the_epoch_running_and_at_startup(
     let port = free_port();
     let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     cfg.apply.durability_window = Duration::from_millis(500);
-    let start = |cfg: Config| {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-            let _ = stop_rx.await;
-        }));
-        (stop_tx, daemon)
-    };
+    let start = start_daemon;
     let (stop_tx, daemon) = start(cfg.clone());
     let mut c = conn(&redis);
     pg.psql(
@@ -992,10 +979,7 @@ async fn versions_always_move_and_wrong_types_are_replaced_and_counted() {
     let rules = rules_dir();
     let port = free_port();
     let cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     // Ahead of any position this server will reach soon: as after a failover to a new timeline.
     let ahead: u64 = 1 << 50;
@@ -1099,10 +1083,7 @@ async fn a_failover_to_a_standby_behind_walbust_moves_the_epoch_and_versions_kee
     let rules = rules_dir();
     let mut cfg = config(&pg, rules.path(), &[&redis], "");
     cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     // walbust applies far ahead of what the standby got (the base backup).
     pg.psql(
@@ -1160,10 +1141,7 @@ async fn with_wait_replicas_nothing_is_acknowledged_that_the_replica_does_not_ha
     let mut cfg = config(&pg, rules.path(), &[&primary], "");
     cfg.redis[0].wait_replicas = 1;
     cfg.redis[0].wait_timeout = Duration::from_millis(200);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut on_replica = conn(&replica);
     pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
     let first = current_lsn(&pg);
@@ -1202,10 +1180,7 @@ async fn a_permission_error_is_counted_by_kind_and_makes_the_daemon_not_ready() 
     let port = free_port();
     let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     cfg.redis[0].url = format!("redis://limited:secret@127.0.0.1:{}", redis.port());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     wait_until("ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
     pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
     let after = current_lsn(&pg);
@@ -1236,10 +1211,7 @@ async fn a_large_transaction_is_applied_in_parts_with_every_key() {
     let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     cfg.apply.max_batch_actions = 1000;
     cfg.rules.max_keys_per_transaction = 1_000_000;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     pg.psql(
         "app",
         "INSERT INTO products SELECT g, g % 7, 'p' || g FROM generate_series(1, 20000) g",
@@ -1288,10 +1260,7 @@ async fn rules_on_a_partitioned_table_apply_to_its_partitions() {
     )
     .unwrap();
     let cfg = config(&pg, rules.path(), &[&redis], "");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     for id in [5, 1500] {
         let _: () = c.set(format!("t:event:{id}"), "cached").unwrap();
@@ -1355,10 +1324,7 @@ async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
     .unwrap();
     let mut cfg = config(&pg, rules.path(), &[&redis], "");
     cfg.rules.max_keys_per_transaction = 1_000_000;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     for id in 1..=9000 {
         let _: () = c.set(format!("t:product:{id}"), "cached").unwrap();

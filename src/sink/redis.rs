@@ -924,15 +924,7 @@ impl RedisTarget {
                 "delete_matching is not supported on Redis Cluster targets (SCAN is per node); use tags or version keys",
             ))));
         }
-        let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
-        for key in &actions.delete {
-            per_slot
-                .entry(key_slot(key.as_bytes()))
-                .or_default()
-                .cmd(self.delete_command.name())
-                .arg(key)
-                .ignore();
-        }
+        let mut per_slot = self.unlink_per_slot(&actions.delete);
         // Version keys: one script call per hash slot for all of its keys.
         let mut bumps_per_slot: std::collections::HashMap<u16, Vec<(&String, &u64)>> = std::collections::HashMap::new();
         for (key, version) in &actions.bump {
@@ -1124,7 +1116,10 @@ impl RedisTarget {
     }
 
     /// One pipeline per hash slot unlinking `keys`.
-    fn unlink_per_slot(&self, keys: &[String]) -> std::collections::HashMap<u16, redis::Pipeline> {
+    fn unlink_per_slot<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k String>,
+    ) -> std::collections::HashMap<u16, redis::Pipeline> {
         let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
         for key in keys {
             per_slot
