@@ -35,6 +35,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DURABILITY_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_DECODING_WORK_MEM: &str = "1MB";
+/// Off: a streamed transaction's keys must be held until its commit (it may still abort), so
+/// with every key applied memory grows with the transaction, where protocol 1 applies a
+/// committed transaction in parts with flat memory (see docs/configuration.md).
+pub const DEFAULT_STREAMING: bool = false;
 /// An instance that cannot apply for this long releases the slot for a standby.
 pub const DEFAULT_RELEASE_SLOT_AFTER: Duration = Duration::from_secs(30);
 
@@ -132,7 +136,7 @@ impl Default for PostgresConfig {
             status_interval: DEFAULT_STATUS_INTERVAL,
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
             slot_stats_interval: DEFAULT_SLOT_STATS_INTERVAL,
-            streaming: true,
+            streaming: DEFAULT_STREAMING,
             decoding_work_mem: DEFAULT_DECODING_WORK_MEM.into(),
         }
     }

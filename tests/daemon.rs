@@ -1211,6 +1211,9 @@ async fn a_large_transaction_is_applied_in_parts_with_every_key() {
     let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     cfg.apply.max_batch_actions = 1000;
     cfg.rules.max_keys_per_transaction = 1_000_000;
+    // Parts are how protocol 1 bounds a large transaction (PostgreSQL before 14, or streaming
+    // off); a streamed one is applied at its commit.
+    cfg.postgres.streaming = false;
     let (stop_tx, daemon) = start_daemon(cfg);
     pg.psql(
         "app",
@@ -1324,6 +1327,8 @@ async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
     .unwrap();
     let mut cfg = config(&pg, rules.path(), &[&redis], "");
     cfg.rules.max_keys_per_transaction = 1_000_000;
+    cfg.postgres.streaming = true;
+    cfg.postgres.decoding_work_mem = "64kB".into();
     let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     for id in 1..=9000 {
