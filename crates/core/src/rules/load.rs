@@ -37,6 +37,11 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// The largest rules file read (a generated file of ten thousand rules is well under it).
+pub const MAX_RULES_FILE_BYTES: u64 = 16 << 20;
+/// The most rules in all files together.
+pub const MAX_RULES: usize = 10_000;
+
 /// Loads a rules file, or every `*.yaml` / `*.yml` file of a directory in name order.
 pub fn load_path(path: &Path) -> Result<Loaded, RulesError> {
     let files = rule_files(path).map_err(|message| RulesError {
@@ -51,6 +56,21 @@ pub fn load_path(path: &Path) -> Result<Loaded, RulesError> {
     let mut sources = Vec::new();
     let mut diagnostics = Vec::new();
     for file in files {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if meta.len() > MAX_RULES_FILE_BYTES {
+                diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: Some(file.clone()),
+                    pos: None,
+                    field: None,
+                    message: format!(
+                        "the file has {} bytes, more than a rules file may ({MAX_RULES_FILE_BYTES}); split it into several files in one directory",
+                        meta.len()
+                    ),
+                });
+                continue;
+            }
+        }
         match std::fs::read_to_string(&file) {
             Ok(text) => sources.push((file, text)),
             Err(e) => diagnostics.push(Diagnostic {
@@ -298,6 +318,17 @@ impl Context {
             );
             return Vec::new();
         };
+        if items.len() > MAX_RULES {
+            self.error(
+                rules_node.pos,
+                Some("rules"),
+                format!(
+                    "{} rules, more than walbust takes ({MAX_RULES}); a rule per table with several keys, tags and version keys covers most needs",
+                    items.len()
+                ),
+            );
+            return Vec::new();
+        }
         items
             .iter()
             .enumerate()
@@ -814,6 +845,21 @@ rules:
         )
         .unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    /// Limits on what a rules source may hold, each with a clear error.
+    #[test]
+    fn too_many_rules_is_an_error() {
+        let mut text = String::from("version: 1\nrules:\n");
+        for i in 0..=MAX_RULES {
+            text.push_str(&format!("  - {{name: r{i}, table: t, delete: [k]}}\n"));
+        }
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.contains("more than walbust takes")),
+            "{:?}",
+            &errs[..errs.len().min(3)]
+        );
     }
 
     #[test]

@@ -69,6 +69,21 @@ pub(crate) struct NamedValue<'a> {
 }
 
 /// Relation versions seen so far, by schema and name.
+/// The longest record a sample reader takes (a line, or a test_decoding record with multi-line
+/// values): PostgreSQL values can be large, a sample that is not text can be endless.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
+
+/// Reads one line into `out`, at most `room` bytes of it; `Ok(None)` when it is longer.
+pub(crate) fn read_line_bounded(
+    input: &mut dyn std::io::BufRead,
+    out: &mut String,
+    room: usize,
+) -> std::io::Result<Option<usize>> {
+    use std::io::{BufRead, Read};
+    let n = input.take(room as u64 + 1).read_line(out)?;
+    Ok((n <= room || out.ends_with('\n')).then_some(n))
+}
+
 #[derive(Default)]
 pub(crate) struct RelationCache {
     relations: Vec<Arc<Relation>>,
@@ -185,4 +200,21 @@ pub(crate) fn align(rel: &Relation, values: Vec<NamedValue<'_>>, missing: Datum)
         }
     }
     row
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::read_line_bounded;
+
+    /// Regression (issue: inputs, limits): a line is read only up to the limit, and a longer
+    /// one is refused instead of growing memory with the input.
+    #[test]
+    fn lines_longer_than_the_limit_are_refused() {
+        let mut input = std::io::Cursor::new(b"short\nmuch longer than ten\n".to_vec());
+        let mut out = String::new();
+        assert_eq!(read_line_bounded(&mut input, &mut out, 10).unwrap(), Some(6));
+        out.clear();
+        assert_eq!(read_line_bounded(&mut input, &mut out, 10).unwrap(), None);
+        assert!(out.len() <= 11, "read only up to the limit: {out:?}");
+    }
 }

@@ -190,10 +190,18 @@ impl TestDecodingReader {
             self.record.push_str(&line);
             return Ok(true);
         }
-        let n = self
-            .input
-            .read_line(&mut self.record)
-            .map_err(|e| self.error(self.line + 1, format!("cannot read: {e}")))?;
+        let room = super::source::MAX_RECORD_BYTES.saturating_sub(self.record.len());
+        let n = super::source::read_line_bounded(&mut self.input, &mut self.record, room)
+            .map_err(|e| self.error(self.line + 1, format!("cannot read: {e}")))?
+            .ok_or_else(|| {
+                self.error(
+                    self.line + 1,
+                    format!(
+                        "a record longer than {} MiB (a value, or a quote that never closes, in a file that may not be a test_decoding sample); split the sample or check its format",
+                        super::source::MAX_RECORD_BYTES >> 20
+                    ),
+                )
+            })?;
         if n == 0 {
             return Ok(false);
         }

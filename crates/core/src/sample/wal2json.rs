@@ -203,11 +203,20 @@ impl EventSource for Wal2JsonReader {
     fn next_event(&mut self) -> Result<Option<Event>, SampleError> {
         loop {
             self.buf.clear();
-            let n = self.input.read_line(&mut self.buf).map_err(|e| SampleError {
-                source_name: self.source_name.clone(),
-                line: self.line + 1,
-                message: format!("cannot read: {e}"),
-            })?;
+            let n = super::source::read_line_bounded(&mut self.input, &mut self.buf, super::source::MAX_RECORD_BYTES)
+                .map_err(|e| SampleError {
+                    source_name: self.source_name.clone(),
+                    line: self.line + 1,
+                    message: format!("cannot read: {e}"),
+                })?
+                .ok_or_else(|| SampleError {
+                    source_name: self.source_name.clone(),
+                    line: self.line + 1,
+                    message: format!(
+                        "a line longer than {} MiB; wal2json writes one change per line (format-version 2): check the file's format",
+                        super::source::MAX_RECORD_BYTES >> 20
+                    ),
+                })?;
             if n == 0 {
                 return Ok(None);
             }
