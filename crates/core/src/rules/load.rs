@@ -847,6 +847,19 @@ rules:
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
+    proptest::proptest! {
+        /// Whatever the text, the loader answers with rules or diagnostics: never a panic.
+        #[test]
+        fn arbitrary_rules_text_never_panics(text in "(version: 1\n)?(rules:\n)?([ -~\n]|  - |\\{|\\}|&a|\\*a|<<: ){0,200}") {
+            let _ = load_str("fuzz.yaml", &text);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = load_str("fuzz.yaml", &String::from_utf8_lossy(&bytes));
+        }
+    }
+
     /// Limits on what a rules source may hold, each with a clear error.
     #[test]
     fn too_many_rules_is_an_error() {
