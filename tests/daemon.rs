@@ -1198,6 +1198,21 @@ async fn a_permission_error_is_counted_by_kind_and_makes_the_daemon_not_ready() 
 /// position acknowledged only once it is applied whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_transaction_is_applied_in_parts_with_every_key() {
+    let batches = apply_a_20k_row_transaction(1000).await;
+    assert!(batches >= 20, "one transaction went out in {batches} batches");
+}
+
+/// A batch larger than one round trip's worth (here one batch of 40,000 keys) goes out in
+/// several round trips, so none can run into the response timeout — every key applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_round_trip_is_split_with_every_key() {
+    let batches = apply_a_20k_row_transaction(1_000_000).await;
+    assert!(batches <= 3, "one large batch expected, {batches} went out");
+}
+
+/// Inserts 20,000 products in one transaction with `max_batch_actions`, checks every version
+/// key was applied and the position acknowledged; returns `walbust_batches_total`.
+async fn apply_a_20k_row_transaction(max_batch_actions: usize) -> u64 {
     let pg = pg();
     let redis = RedisInstance::start().unwrap();
     // Without the keyspace scans of delete_matching (one SCAN per product would dominate).
@@ -1209,7 +1224,7 @@ async fn a_large_transaction_is_applied_in_parts_with_every_key() {
     .unwrap();
     let port = free_port();
     let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
-    cfg.apply.max_batch_actions = 1000;
+    cfg.apply.max_batch_actions = max_batch_actions;
     cfg.rules.max_keys_per_transaction = 1_000_000;
     // Parts are how protocol 1 bounds a large transaction (PostgreSQL before 14, or streaming
     // off); a streamed one is applied at its commit.
@@ -1233,12 +1248,17 @@ async fn a_large_transaction_is_applied_in_parts_with_every_key() {
         .find_map(|l| l.strip_prefix("walbust_batches_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    assert!(
-        batches >= 20,
-        "one transaction went out in {batches} batches:\n{metrics}"
-    );
+    let round_trips: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("walbust_redis_round_trips_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    if max_batch_actions > 40_000 {
+        assert!(round_trips >= 3, "40,000 keys in {round_trips} round trips");
+    }
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
+    batches
 }
 
 /// Regression (issue: inputs, finding 8): changes of a partitioned table arrive under the

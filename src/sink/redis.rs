@@ -92,6 +92,10 @@ return new
 ";
 
 const CHUNK: usize = 500;
+/// Keys per round trip at most: a batch with more (a streamed transaction's commit) sends its
+/// deletes and bumps ahead in round trips of this size, so no single round trip can run into the
+/// response timeout.
+const ROUND_TRIP_KEYS: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -480,7 +484,11 @@ impl RedisTarget {
         }
         // Tags (first chunk of each), deletes, bumps and announcements: one pipelined round trip.
         let tags: Vec<&String> = actions.tags.iter().collect();
-        let Some(mut pipe) = self.pipeline(&tags, actions) else {
+        let ahead = actions.delete.len() + actions.bump.len() > ROUND_TRIP_KEYS;
+        if ahead {
+            self.apply_keys_ahead(&mut conn, actions).await?;
+        }
+        let Some(mut pipe) = self.pipeline(&tags, actions, !ahead) else {
             self.completed(batch.last_end);
             return Ok(());
         };
@@ -604,7 +612,9 @@ impl RedisTarget {
 
     /// One pipeline for the batch's tags (first chunk each), deletes, bumps and announcements;
     /// `None` when there is nothing to send.
-    fn pipeline(&self, tags: &[&String], actions: &Actions) -> Option<redis::Pipeline> {
+    /// `keys`: include the deletes and bumps (false when [`RedisTarget::apply_keys_ahead`] sent
+    /// them already).
+    fn pipeline(&self, tags: &[&String], actions: &Actions, keys: bool) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
         let watermark = self.watermark_key();
@@ -621,12 +631,26 @@ impl RedisTarget {
             cmd.arg(CHUNK).arg(self.delete_command.name());
             commands += 1;
         }
-        let deletes: Vec<&String> = actions.delete.iter().collect();
+        if keys {
+            let deletes: Vec<&String> = actions.delete.iter().collect();
+            let bumps: Vec<(&String, &u64)> = actions.bump.iter().collect();
+            commands += self.add_keys(&mut pipe, &deletes, &bumps);
+        }
+        for (channel, payload) in &actions.publish {
+            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            commands += 1;
+        }
+        (commands > 0).then_some(pipe)
+    }
+
+    /// Deletes (one command per [`CHUNK`] keys) and bump scripts into `pipe`; bump replies are
+    /// kept (keys of the wrong type). Returns the number of commands.
+    fn add_keys(&self, pipe: &mut redis::Pipeline, deletes: &[&String], bumps: &[(&String, &u64)]) -> usize {
+        let mut commands = 0;
         for chunk in deletes.chunks(CHUNK) {
             pipe.cmd(self.delete_command.name()).arg(chunk).ignore();
             commands += 1;
         }
-        let bumps: Vec<(&String, &u64)> = actions.bump.iter().collect();
         for chunk in bumps.chunks(CHUNK) {
             // EVAL (not EVALSHA): a restarted Redis has no script cache, and the script is short.
             let mut cmd = redis::cmd("EVAL");
@@ -640,11 +664,28 @@ impl RedisTarget {
             pipe.add_command(cmd);
             commands += 1;
         }
-        for (channel, payload) in &actions.publish {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
-            commands += 1;
+        commands
+    }
+
+    /// A batch larger than one round trip's worth: its deletes and bumps go ahead in round trips
+    /// of [`ROUND_TRIP_KEYS`] keys (idempotent; the watermark waits for the last pipeline).
+    async fn apply_keys_ahead(&mut self, conn: &mut Conn, actions: &Actions) -> Result<(), RedisError> {
+        let deletes: Vec<&String> = actions.delete.iter().collect();
+        let bumps: Vec<(&String, &u64)> = actions.bump.iter().collect();
+        let delete_chunks = deletes.chunks(ROUND_TRIP_KEYS).map(|d| (d, &[][..]));
+        let bump_chunks = bumps.chunks(ROUND_TRIP_KEYS).map(|b| (&[][..], b));
+        for (deletes, bumps) in delete_chunks.chain(bump_chunks) {
+            let mut pipe = redis::pipe();
+            self.add_keys(&mut pipe, deletes, bumps);
+            let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(conn).await;
+            self.round_trips += 1;
+            let mut wrong = Vec::new();
+            for reply in self.finish(r)? {
+                wrong.extend(redis::from_redis_value::<Vec<String>>(reply).unwrap_or_default());
+            }
+            self.replaced_wrong_types(&wrong);
         }
-        (commands > 0).then_some(pipe)
+        Ok(())
     }
 
     /// Pops and unlinks the rest of a large tag set, a chunk at a time.
