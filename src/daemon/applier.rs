@@ -137,6 +137,8 @@ async fn apply_loop(
     ping_all(&mut sinks, &context.metrics, true).await;
     // Read once: the environment is not consulted per batch.
     let panic_failpoint = failpoint::hit("applier:panic");
+    // The origin is handed to the sinks when it changes, not read per batch.
+    let mut origin_seen = u64::MAX;
     loop {
         busy.send_replace(false);
         let Queued { generation, batch } = match tokio::time::timeout(IDLE_PING_INTERVAL, rx.recv()).await {
@@ -156,9 +158,13 @@ async fn apply_loop(
         if panic_failpoint {
             panic!("failpoint applier:panic");
         }
-        if let Some(origin) = context.progress.origin() {
-            for sink in sinks.iter_mut() {
-                sink.set_origin(&origin);
+        let origin_changes = context.progress.origin_changes();
+        if origin_changes != origin_seen {
+            origin_seen = origin_changes;
+            if let Some(origin) = context.progress.origin() {
+                for sink in sinks.iter_mut() {
+                    sink.set_origin(&origin);
+                }
             }
         }
         if !apply_everywhere(&mut sinks, &batch, &context).await {

@@ -11,7 +11,7 @@ use crate::retry::Backoff;
 use crate::sink::SinkFuture;
 use crate::sink::WatermarkState;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
-use crate::source::slot::{create_slot, quote_literal};
+use crate::source::slot::{create_slot, identify_system, quote_literal, slot_info};
 use crate::source::stream::{Progress, StreamError};
 use std::time::Duration;
 
@@ -259,19 +259,8 @@ async fn recreate_slot(connect: &ConnectOptions, slot: &str) -> Result<(), Daemo
 async fn read_server_position(connect: &ConnectOptions, slot: &str) -> Result<(Origin, Option<Lsn>), DaemonError> {
     let conn_err = |e| DaemonError::Stream(StreamError::Conn(e));
     let mut conn = ReplicationConnection::connect(connect).await.map_err(conn_err)?;
-    let identity = conn.simple_query("IDENTIFY_SYSTEM").await.map_err(conn_err)?;
-    let origin = Origin {
-        system: identity.first("systemid").unwrap_or_default().to_string(),
-        timeline: identity.first("timeline").and_then(|t| t.parse().ok()).unwrap_or(0),
-    };
-    let found = conn
-        .simple_query(&format!(
-            "SELECT confirmed_flush_lsn::text AS confirmed FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-            quote_literal(slot)
-        ))
-        .await
-        .map_err(conn_err)?;
+    let origin = identify_system(&mut conn).await.map_err(conn_err)?;
+    let found = slot_info(&mut conn, slot).await.map_err(conn_err)?;
     conn.close().await;
-    let confirmed = (!found.rows.is_empty()).then(|| found.first("confirmed").and_then(Lsn::parse).unwrap_or(Lsn(0)));
-    Ok((origin, confirmed))
+    Ok((origin, found.map(|s| s.confirmed_flush_lsn.unwrap_or(Lsn(0)))))
 }

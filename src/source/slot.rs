@@ -16,6 +16,15 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<Lsn>,
 }
 
+/// `IDENTIFY_SYSTEM`: the server's system identifier and timeline (what positions belong to).
+pub async fn identify_system(conn: &mut ReplicationConnection) -> Result<crate::model::Origin, ConnError> {
+    let identity = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    Ok(crate::model::Origin {
+        system: identity.first("systemid").unwrap_or_default().to_string(),
+        timeline: identity.first("timeline").and_then(|t| t.parse().ok()).unwrap_or(0),
+    })
+}
+
 pub async fn slot_info(conn: &mut ReplicationConnection, slot: &str) -> Result<Option<SlotInfo>, ConnError> {
     let result = conn
         .simple_query(&format!(

@@ -30,7 +30,7 @@
 
 use super::conn::{ConnError, ConnectOptions, ReplicationConnection};
 pub use super::error::StreamError;
-use super::slot::{create_slot, quote_ident, quote_literal, slot_info};
+use super::slot::{create_slot, identify_system, quote_ident, quote_literal, slot_info};
 use crate::decode::frames::{parse_server_frame, pg_now_micros, standby_status_update, ServerFrame};
 use crate::decode::pgoutput::Decoder;
 pub use crate::model::Origin;
@@ -152,6 +152,8 @@ pub struct Progress {
     replay: tokio::sync::Notify,
     /// The server the stream last connected to.
     origin: std::sync::Mutex<Option<Origin>>,
+    /// Counts [`Progress::set_origin`] calls, so readers fetch the origin only when it changed.
+    origin_changes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -266,6 +268,12 @@ impl Progress {
     }
     pub fn set_origin(&self, origin: Origin) {
         *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin);
+        self.origin_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the origin was set: compare with a kept value to see whether it changed.
+    pub fn origin_changes(&self) -> u64 {
+        self.origin_changes.load(Ordering::Acquire)
     }
     /// Forgets the positions of a slot that is gone (gap recovery): the new slot's positions
     /// start over, and nothing reported on the old one may be reported on it.
@@ -528,11 +536,7 @@ impl<'a> Session<'a> {
     /// system or timeline (a promoted standby, a restore) is a gap — its LSNs are not
     /// comparable with what was acknowledged before.
     async fn check_origin(&mut self, conn: &mut ReplicationConnection) -> Result<(), StreamError> {
-        let identity = conn.simple_query("IDENTIFY_SYSTEM").await?;
-        let now = Origin {
-            system: identity.first("systemid").unwrap_or_default().to_string(),
-            timeline: identity.first("timeline").and_then(|t| t.parse().ok()).unwrap_or(0),
-        };
+        let now = identify_system(conn).await?;
         match self.progress.origin() {
             Some(before) if before != now => Err(StreamError::OriginChanged {
                 before_system: before.system,
