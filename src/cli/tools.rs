@@ -16,7 +16,7 @@ pub struct ChaosArgs {
     /// Seconds of workload between faults.
     #[arg(long)]
     pub cycle_seconds: Option<u64>,
-    /// Faults to inject, round robin (default: all): kill9, redis-restart, redis-stop, terminate-walsender, pg-restart, takeover.
+    /// Faults to inject, round robin (default: all): kill9, redis-restart, redis-stop, terminate-walsender, pg-restart, takeover, rdb-restore, aof-kill9, redis-promote, pg-promote, gap-kill9.
     #[arg(long, value_delimiter = ',')]
     pub faults: Vec<walbust_testkit::chaos::Fault>,
     /// Keep writing until at least this many transactions committed (default: 0 short, 100000 full).
@@ -29,6 +29,9 @@ pub struct ChaosArgs {
     /// Write transactions per second, all writers together; 0 = unthrottled (default: 600 short, 1000 full).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// walbust's `wait_replicas` for the Redis target (the harness runs one replica; `redis-promote` promotes it).
+    #[arg(long, default_value_t = 0)]
+    pub wait_replicas: u32,
     /// Keep walbust's logs here (default: a temp dir, printed).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -57,6 +60,7 @@ pub fn chaos(args: ChaosArgs) -> Result<ExitCode> {
         options.faults = args.faults;
     }
     options.log_dir = args.log_dir;
+    options.wait_replicas = args.wait_replicas;
     let report = runtime()?.block_on(async {
         let mut progress = std::io::stderr();
         walbust_testkit::chaos::run(options, &mut progress).await

@@ -113,7 +113,7 @@ impl Recovery<'_> {
                     w.lsn
                 )),
                 (WatermarkState::Found(w), Some(confirmed)) if w.lsn < confirmed => Some(format!(
-                    "it holds work up to {}, the slot resumes after {confirmed}: it went back further than apply.durability_window (restored from an older snapshot or replica)",
+                    "it holds work up to {}, the slot resumes after {confirmed}: it went back further than apply.durability_window (restored from an older snapshot or replica), or the slot was recreated after a gap",
                     w.lsn
                 )),
                 (WatermarkState::Found(_), Some(_)) => None,

@@ -19,6 +19,7 @@ pub(super) async fn check(
     shared: &Shared,
     products: i64,
     fault_windows: &[(Instant, Instant)],
+    gap_windows: &[(Instant, Instant)],
 ) -> Result<Vec<ModeReport>, ChaosError> {
     let db = connect_db(&pg.url("catalog")).await?;
     let expected = expected_values(&db).await?;
@@ -42,7 +43,7 @@ pub(super) async fn check(
             .await?
             .into_iter()
             .collect();
-        let (latencies, steady) = probes.count(mode, &remaining, fault_windows, &mut report);
+        let (latencies, steady) = probes.count(mode, &remaining, fault_windows, gap_windows, &mut report);
         record_latencies(&mut report, latencies, steady);
         reports.push(report);
     }
@@ -148,16 +149,20 @@ impl Probes {
         }
     }
 
-    /// Counts `mode`'s probes into `report` (checked, lost: still among `remaining`); returns
-    /// the COMMIT-to-deletion latencies of those whose deletion was seen, all of them and those
-    /// committed outside `fault_windows`.
+    /// Counts `mode`'s probes into `report` (checked, lost: still among `remaining`, or lost
+    /// in a gap when committed inside one of `gap_windows`); returns the COMMIT-to-deletion
+    /// latencies of those whose deletion was seen, all of them and those committed outside
+    /// `fault_windows`.
     fn count(
         &self,
         mode: Mode,
         remaining: &HashSet<String>,
         fault_windows: &[(Instant, Instant)],
+        gap_windows: &[(Instant, Instant)],
         report: &mut ModeReport,
     ) -> (Vec<Duration>, Vec<Duration>) {
+        let within =
+            |windows: &[(Instant, Instant)], at: &Instant| windows.iter().any(|(from, to)| at >= from && at <= to);
         let mut latencies = Vec::new();
         let mut steady = Vec::new();
         for (probe, sent) in &self.sent {
@@ -166,7 +171,9 @@ impl Probes {
             }
             report.invalidations_checked += 1;
             let key = format!("{}{probe}", mode.prefix());
-            if remaining.contains(&key) {
+            if remaining.contains(&key) && within(gap_windows, sent) {
+                report.lost_in_gap += 1;
+            } else if remaining.contains(&key) {
                 report.lost += 1;
                 if report.lost_examples.len() < 5 {
                     report.lost_examples.push(key);
@@ -174,7 +181,7 @@ impl Probes {
             } else if let Some(at) = self.deleted.get(&key) {
                 if *at >= *sent {
                     latencies.push(at.duration_since(*sent));
-                    if !fault_windows.iter().any(|(from, to)| sent >= from && sent <= to) {
+                    if !within(fault_windows, sent) {
                         steady.push(at.duration_since(*sent));
                     }
                 }
@@ -255,13 +262,21 @@ mod tests {
         let remaining: HashSet<String> = ["plain:probe:p:1".to_string()].into();
         let mut report = ModeReport::default();
         // probe 3 was committed during a fault; probe 4's deletion was not seen.
-        let (latencies, steady) = probes.count(Mode::Plain, &remaining, &[(at(900), at(1100))], &mut report);
-        assert_eq!((report.invalidations_checked, report.lost), (4, 1));
+        let (latencies, steady) = probes.count(Mode::Plain, &remaining, &[(at(900), at(1100))], &[], &mut report);
+        assert_eq!(
+            (report.invalidations_checked, report.lost, report.lost_in_gap),
+            (4, 1, 0)
+        );
         assert_eq!(report.lost_examples, ["plain:probe:p:1"]);
         let mut latencies = latencies;
         latencies.sort();
         assert_eq!(latencies, [Duration::from_millis(40), Duration::from_millis(300)]);
         assert_eq!(steady, [Duration::from_millis(40)]);
+
+        // The same probe left in place inside a gap is counted apart, not as lost.
+        let mut report = ModeReport::default();
+        probes.count(Mode::Plain, &remaining, &[], &[(at(0), at(10))], &mut report);
+        assert_eq!((report.lost, report.lost_in_gap), (0, 1));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The faults the harness injects ([`Fault`]): their `--faults` names and labels, and
 //! injecting one into the running system.
 
-use super::processes::{active_index, pause_redis, terminate_walsender, wait_active, Daemon};
+use super::processes::{active_index, drop_slot, pause_redis, terminate_walsender, wait_active, Daemon};
 use super::shared::blocking;
 use super::ChaosError;
 use crate::harness::{PgInstance, RedisInstance};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// The faults the harness injects, one per cycle, round robin over
 /// [`ChaosOptions::faults`](super::ChaosOptions::faults).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// kill -9 of the active walbust, restarted at once.
     Kill9,
@@ -30,10 +30,25 @@ pub enum Fault {
     RdbRestore,
     /// Redis with `appendonly yes` / `appendfsync everysec`, kill -9, restart from the AOF.
     AofKill9,
+    /// The Redis replica is cut off (`REPLICAOF NO ONE`) for 1 s of the workload, then the
+    /// primary dies (kill -9) and the replica's dataset takes over its address: a lagging
+    /// replica promoted. With `--wait-replicas 1` walbust waits for the replica.
+    RedisPromote,
+    /// A physical standby (`pg_basebackup -R`, asynchronous) taken now is promoted 1 s later
+    /// in place of the primary, which dies: the writes of that second are gone from the
+    /// database, the slot too (a gap), and the new timeline's positions are behind walbust's.
+    PgPromote,
+    /// walbust runs with a failpoint inside gap recovery, the slot is dropped under it, it
+    /// exits at that step and is started again; each injection takes the next step (after
+    /// marking the gap, after the first bump, after recreating the slot, after the second bump).
+    GapKill9,
 }
 
+/// The steps of gap recovery a [`Fault::GapKill9`] stops at, in turn (`WALBUST_FAILPOINT`).
+pub const GAP_STEPS: [&str; 4] = ["gap:marked", "gap:bumped", "gap:slot_recreated", "gap:bumped_again"];
+
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 11] = [
         Fault::Kill9,
         Fault::RedisRestart,
         Fault::RedisStop,
@@ -42,7 +57,16 @@ impl Fault {
         Fault::Takeover,
         Fault::RdbRestore,
         Fault::AofKill9,
+        Fault::RedisPromote,
+        Fault::PgPromote,
+        Fault::GapKill9,
     ];
+
+    /// Whether the fault loses part of the slot's history (a gap): what walbust never saw is
+    /// covered by an epoch bump, not by exact invalidations.
+    pub fn is_gap(self) -> bool {
+        matches!(self, Fault::PgPromote | Fault::GapKill9)
+    }
 
     /// The name `--faults` takes.
     pub fn name(self) -> &'static str {
@@ -55,6 +79,9 @@ impl Fault {
             Fault::Takeover => "takeover",
             Fault::RdbRestore => "rdb-restore",
             Fault::AofKill9 => "aof-kill9",
+            Fault::RedisPromote => "redis-promote",
+            Fault::PgPromote => "pg-promote",
+            Fault::GapKill9 => "gap-kill9",
         }
     }
 
@@ -68,6 +95,9 @@ impl Fault {
             Fault::Takeover => "takeover by standby walbust",
             Fault::RdbRestore => "redis restored from a 1 s old snapshot",
             Fault::AofKill9 => "redis AOF everysec, kill -9",
+            Fault::RedisPromote => "redis replica 1 s behind promoted",
+            Fault::PgPromote => "postgresql standby promoted",
+            Fault::GapKill9 => "crash inside gap recovery",
         }
     }
 }
@@ -85,11 +115,14 @@ impl std::str::FromStr for Fault {
 /// How long a fault may keep walbust from streaming before the cycle goes on regardless.
 const RECOVER: Duration = Duration::from_secs(30);
 
-/// Injects one fault; returns how long until walbust streamed again, where that applies.
+/// Injects one fault (`occurrence`: how many times it was injected before); returns how long
+/// until walbust streamed again, where that applies.
 pub(super) async fn inject(
     fault: Fault,
+    occurrence: usize,
     pg: &mut PgInstance,
     redis: &mut RedisInstance,
+    replica: &RedisInstance,
     daemons: &mut [Daemon],
     bin: &Path,
 ) -> Result<Option<Duration>, ChaosError> {
@@ -129,7 +162,56 @@ pub(super) async fn inject(
             blocking(|| redis.restart_from_aof())?;
             Ok(None)
         }
+        Fault::RedisPromote => {
+            blocking(|| replica.detach())?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            blocking(|| redis.fail_over_to(replica))?;
+            Ok(None)
+        }
+        Fault::PgPromote => {
+            let mut standby = blocking(|| pg.standby())?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            blocking(|| standby.take_over_as_primary(pg))?;
+            std::mem::swap(pg, &mut standby);
+            // `standby` is the old primary now, stopped; its directory goes.
+            blocking(move || drop(standby));
+            Ok(wait_active(pg, RECOVER, None).await)
+        }
+        Fault::GapKill9 => crash_inside_gap_recovery(GAP_STEPS[occurrence % GAP_STEPS.len()], pg, daemons, bin).await,
     }
+}
+
+/// Only the first instance runs, with the failpoint `step`; the slot is dropped under it; it
+/// must exit at that step (code 86), and is started again to finish the recovery. Returns how
+/// long until it streamed again, counted from the drop.
+async fn crash_inside_gap_recovery(
+    step: &str,
+    pg: &PgInstance,
+    daemons: &mut [Daemon],
+    bin: &Path,
+) -> Result<Option<Duration>, ChaosError> {
+    for d in daemons.iter_mut() {
+        d.kill9();
+    }
+    daemons[0].spawn_with_failpoint(bin, Some(step))?;
+    if wait_active(pg, RECOVER, None).await.is_none() {
+        return Err(ChaosError::Other(format!(
+            "walbust did not stream with the failpoint {step}; see {}",
+            daemons[0].log.display()
+        )));
+    }
+    let dropped = std::time::Instant::now();
+    blocking(|| drop_slot(pg))?;
+    let code = daemons[0].wait_exit(RECOVER).await;
+    if code != Some(86) {
+        daemons[0].kill9();
+        return Err(ChaosError::Other(format!(
+            "walbust did not stop at the failpoint {step} (exit {code:?}); see {}",
+            daemons[0].log.display()
+        )));
+    }
+    daemons[0].spawn(bin)?;
+    Ok(wait_active(pg, RECOVER, None).await.map(|_| dropped.elapsed()))
 }
 
 /// A standby instance is running (started now if needed); the active one dies. Returns how long

@@ -99,6 +99,9 @@ pub struct ChaosOptions {
     pub seed: u64,
     /// Where walbust's logs go (kept); a temp dir when unset.
     pub log_dir: Option<PathBuf>,
+    /// walbust's `wait_replicas` for the Redis target (the harness runs one replica, which
+    /// [`Fault::RedisPromote`] promotes).
+    pub wait_replicas: u32,
 }
 
 impl ChaosOptions {
@@ -116,6 +119,7 @@ impl ChaosOptions {
             products: 200,
             seed: 1,
             log_dir: None,
+            wait_replicas: 0,
         }
     }
 
@@ -139,20 +143,28 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
     let mut rig = Rig::start(&options, progress).await?;
     let shared = Arc::new(Shared::default());
     let workload = Workload::spawn(&options, &shared, &rig.pg.url("catalog"), &rig.redis.url());
-    let (faults, windows) = fault_cycles(&options, &mut rig, &shared, started, progress).await?;
+    let cycles = fault_cycles(&options, &mut rig, &shared, started, progress).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
     while shared.writes.load(Ordering::Relaxed) < options.min_writes && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let quiesce_ms = workload.wind_down(&shared, &rig.pg, &rig.work).await?;
 
-    let modes = check(&rig.pg, &rig.redis, &shared, options.products, &windows).await?;
+    let modes = check(
+        &rig.pg,
+        &rig.redis,
+        &shared,
+        options.products,
+        &cycles.windows,
+        &cycles.gap_windows,
+    )
+    .await?;
     for d in &mut rig.daemons {
         d.kill9();
     }
     let report = ChaosReport {
         quiesce_ms,
-        faults,
+        faults: cycles.faults,
         modes,
         walbust_latency: rig.daemon_latency.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         ..counters(&options, &shared, started)
@@ -171,6 +183,8 @@ struct Rig {
     daemon_latency: Arc<Mutex<DaemonLatency>>,
     /// walbust's rules, configs and logs.
     work: PathBuf,
+    /// A replica of `redis`, for [`Fault::RedisPromote`].
+    replica: RedisInstance,
     redis: RedisInstance,
     pg: PgInstance,
 }
@@ -180,10 +194,11 @@ impl Rig {
     async fn start(options: &ChaosOptions, progress: &mut (dyn std::io::Write + Send)) -> Result<Rig, ChaosError> {
         let pg = blocking(|| start_database(options.products))?;
         let redis = blocking(|| RedisInstance::start_with_args(&["--notify-keyspace-events", "Eg"]))?;
+        let replica = blocking(|| redis.start_replica())?;
 
         let work = tempdir_for(options)?;
         let daemon_latency = Arc::new(Mutex::new(DaemonLatency::default()));
-        let mut daemons = prepare_daemons(&work, &pg, &redis, &daemon_latency)?;
+        let mut daemons = prepare_daemons(&work, &pg, &redis, &daemon_latency, options.wait_replicas)?;
         daemons[0].spawn(&options.walbust_bin)?;
         if wait_active(&pg, Duration::from_secs(30), None).await.is_none() {
             return Err(ChaosError::Other(format!(
@@ -202,6 +217,7 @@ impl Rig {
             daemons,
             daemon_latency,
             work,
+            replica,
             redis,
             pg,
         })
@@ -276,18 +292,30 @@ impl Workload {
     }
 }
 
+/// What the fault cycles did: the faults, their windows (from a fault's start until 3 s after
+/// it was injected) and the windows of gaps (from the fault's start until 1 s after walbust
+/// streamed again).
+struct Cycles {
+    faults: Vec<FaultRecord>,
+    windows: Vec<(Instant, Instant)>,
+    gap_windows: Vec<(Instant, Instant)>,
+}
+
 /// The fault cycles: the workload runs for [`ChaosOptions::cycle`], then the next fault is
-/// injected. Returns the faults and their windows (from a fault's start until 3 s after it was
-/// injected).
+/// injected.
 async fn fault_cycles(
     options: &ChaosOptions,
     rig: &mut Rig,
     shared: &Shared,
     started: Instant,
     progress: &mut (dyn std::io::Write + Send),
-) -> Result<(Vec<FaultRecord>, Vec<(Instant, Instant)>), ChaosError> {
-    let mut faults = Vec::new();
-    let mut windows = Vec::new();
+) -> Result<Cycles, ChaosError> {
+    let mut cycles = Cycles {
+        faults: Vec::new(),
+        windows: Vec::new(),
+        gap_windows: Vec::new(),
+    };
+    let mut injected = std::collections::HashMap::<Fault, usize>::new();
     for cycle in 0..options.cycles {
         tokio::time::sleep(options.cycle).await;
         let at = started.elapsed().as_secs_f64();
@@ -296,33 +324,75 @@ async fn fault_cycles(
             [] => Fault::ALL[cycle % Fault::ALL.len()],
             faults => faults[cycle % faults.len()],
         };
+        let occurrence = injected.entry(fault).or_default();
+        let epoch_before = if fault.is_gap() { epoch(&rig.redis).await } else { None };
         let recovered = inject(
             fault,
+            *occurrence,
             &mut rig.pg,
             &mut rig.redis,
+            &rig.replica,
             &mut rig.daemons,
             &options.walbust_bin,
         )
         .await?;
-        let fault = fault.label();
-        windows.push((fault_start, Instant::now() + Duration::from_secs(3)));
+        *occurrence += 1;
+        let epoch_moved = match fault.is_gap() {
+            true => Some(epoch_moved(&rig.redis, epoch_before).await),
+            false => None,
+        };
+        if fault.is_gap() {
+            cycles
+                .gap_windows
+                .push((fault_start, Instant::now() + Duration::from_secs(1)));
+        }
+        let label = fault.label();
+        cycles
+            .windows
+            .push((fault_start, Instant::now() + Duration::from_secs(3)));
         writeln!(
             progress,
-            "cycle {:>2}: {fault:<34} {} writes so far{}",
+            "cycle {:>2}: {label:<34} {} writes so far{}",
             cycle + 1,
             shared.writes.load(Ordering::Relaxed),
             recovered
                 .map(|d| format!(", streaming again after {} ms", d.as_millis()))
                 .unwrap_or_default()
         )?;
-        faults.push(FaultRecord {
+        cycles.faults.push(FaultRecord {
             cycle: cycle + 1,
-            fault,
+            fault: label,
             at_seconds: at,
             recovered_after_ms: recovered.map(|d| d.as_millis() as u64),
+            epoch_moved,
         });
     }
-    Ok((faults, windows))
+    Ok(cycles)
+}
+
+/// The epoch (`walbust:epoch`) on `redis`, if it can be read.
+async fn epoch(redis: &RedisInstance) -> Option<i64> {
+    let client = redis::Client::open(redis.url()).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("GET")
+        .arg("walbust:epoch")
+        .query_async(&mut conn)
+        .await
+        .ok()?
+}
+
+/// Whether the epoch moved past `before` within 10 s.
+async fn epoch_moved(redis: &RedisInstance, before: Option<i64>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(now) = epoch(redis).await {
+            if before.is_none_or(|b| now > b) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// The report's counters: the run's duration and what the workload did.

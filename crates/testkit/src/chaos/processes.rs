@@ -132,8 +132,17 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 impl Daemon {
     pub(super) fn spawn(&mut self, bin: &Path) -> Result<(), ChaosError> {
+        self.spawn_with_failpoint(bin, None)
+    }
+
+    /// Starts the daemon; with `failpoint`, it exits at that step (`WALBUST_FAILPOINT`).
+    pub(super) fn spawn_with_failpoint(&mut self, bin: &Path, failpoint: Option<&str>) -> Result<(), ChaosError> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(step) = failpoint {
+            command.env("WALBUST_FAILPOINT", step);
+        }
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -159,6 +168,21 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit code.
+    pub(super) async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return status.code();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     pub(super) fn running(&mut self) -> bool {
@@ -200,7 +224,16 @@ pub(super) async fn wait_active(pg: &PgInstance, timeout: Duration, other_than: 
     None
 }
 
-fn daemon_config(pg: &PgInstance, redis: &RedisInstance, rules: &Path, name: &str, http_port: u16) -> String {
+/// A gap (slot lost, failover) is recovered with an epoch bump (`on_gap = "bump_epoch"`): the
+/// default, `fail`, stops the daemon for an operator, which a fault run cannot measure.
+fn daemon_config(
+    pg: &PgInstance,
+    redis: &RedisInstance,
+    rules: &Path,
+    name: &str,
+    http_port: u16,
+    wait_replicas: u32,
+) -> String {
     format!(
         r#"shutdown_timeout = "5s"
 [postgres]
@@ -215,8 +248,10 @@ path = "{}"
 [apply]
 max_batch_delay = "1ms"
 retry_max_delay = "1s"
+on_gap = "bump_epoch"
 [[redis]]
 url = "{}"
+wait_replicas = {wait_replicas}
 [http]
 listen = "127.0.0.1:{http_port}"
 "#,
@@ -236,6 +271,20 @@ pub(super) fn active_index(pg: &PgInstance, daemons: &[Daemon]) -> usize {
 }
 
 /// pg_terminate_backend of the walsender streaming the slot, if any.
+/// Drops the slot under the streaming walbust (terminating its walsender until the drop
+/// succeeds): the changes until walbust creates it again are a gap.
+pub(super) fn drop_slot(pg: &PgInstance) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = terminate_walsender(pg);
+        match pg.psql("catalog", "SELECT pg_drop_replication_slot('walbust')") {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 pub(super) fn terminate_walsender(pg: &PgInstance) -> Result<(), HarnessError> {
     pg.psql(
         "catalog",
@@ -288,6 +337,7 @@ pub(super) fn prepare_daemons(
     pg: &PgInstance,
     redis: &RedisInstance,
     latency: &Arc<Mutex<DaemonLatency>>,
+    wait_replicas: u32,
 ) -> Result<Vec<Daemon>, ChaosError> {
     let rules = work.join("rules");
     std::fs::create_dir_all(&rules)?;
@@ -300,7 +350,10 @@ pub(super) fn prepare_daemons(
     for name in ["walbust-a", "walbust-b"] {
         let config = work.join(format!("{name}.toml"));
         let http_port = crate::harness::free_port();
-        std::fs::write(&config, daemon_config(pg, redis, &rules, name, http_port))?;
+        std::fs::write(
+            &config,
+            daemon_config(pg, redis, &rules, name, http_port, wait_replicas),
+        )?;
         daemons.push(Daemon {
             name: name.into(),
             config,

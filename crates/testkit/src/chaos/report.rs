@@ -12,6 +12,8 @@ pub struct FaultRecord {
     pub at_seconds: f64,
     /// Until the slot was active again (walbust streaming), when that applies.
     pub recovered_after_ms: Option<u64>,
+    /// For a fault that is a gap: whether the epoch moved (it must).
+    pub epoch_moved: Option<bool>,
 }
 
 /// Figures for one reader protocol.
@@ -27,6 +29,10 @@ pub struct ModeReport {
     /// Probes still present after quiescing: invalidations that never happened.
     pub lost: u64,
     pub lost_examples: Vec<String>,
+    /// Probes still present whose change was committed inside a gap (PostgreSQL failover, slot
+    /// dropped): walbust never saw the change; the gap is said at ERROR and the epoch moves,
+    /// which covers version-keyed entries, not plain ones.
+    pub lost_in_gap: u64,
     /// Probes whose deletion event was seen (the rest were wiped by a Redis cold restart
     /// before walbust got to them, or deleted while the listener was reconnecting).
     pub measured: u64,
@@ -75,6 +81,14 @@ impl ChaosReport {
                 ));
             }
         }
+        for f in &self.faults {
+            if f.epoch_moved == Some(false) {
+                out.push(format!(
+                    "cycle {} ({}): a gap, and the epoch did not move",
+                    f.cycle, f.fault
+                ));
+            }
+        }
         for m in &self.modes {
             if m.mode == Mode::Control.label() {
                 // Probes set before a Redis cold restart are wiped by it, so not all of them stay.
@@ -93,6 +107,8 @@ impl ChaosReport {
                 ));
             }
             if m.mode == Mode::Version.label() && m.stale_entries > 0 {
+                // Also after a gap: the epoch moved, so no version-keyed entry from before it
+                // is read again.
                 out.push(format!(
                     "{}: {} stale entries (e.g. {:?})",
                     m.mode, m.stale_entries, m.stale_examples
@@ -124,24 +140,25 @@ impl ChaosReport {
             self.write_errors,
             self.read_errors
         ));
-        s.push_str("| mode | stale entries at the end | entries checked | invalidations checked | lost | measured | ≤ 100 ms | ≤ 1 s | ≤ 10 s | p50 | p99 | max | between faults: ≤ 100 ms | between faults: p99 |\n");
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| mode | stale entries at the end | entries checked | invalidations checked | lost | in a gap (epoch moved) | measured | ≤ 100 ms | ≤ 1 s | ≤ 10 s | p50 | p99 | max | between faults: ≤ 100 ms | between faults: p99 |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for m in &self.modes {
             let pct = |n: u64| pct_of(n, m.measured);
             if m.mode == Mode::Control.label() {
                 s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | - | - | - | - | - | - | - | - | - |\n",
-                    m.mode, m.stale_entries, m.entries_checked, m.invalidations_checked, m.lost
+                    "| {} | {} | {} | {} | {} | {} | - | - | - | - | - | - | - | - | - |\n",
+                    m.mode, m.stale_entries, m.entries_checked, m.invalidations_checked, m.lost, m.lost_in_gap
                 ));
                 continue;
             }
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} ms | {} of {} | {:.1} ms |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} ms | {} of {} | {:.1} ms |\n",
                 m.mode,
                 m.stale_entries,
                 m.entries_checked,
                 m.invalidations_checked,
                 m.lost,
+                m.lost_in_gap,
                 m.measured,
                 pct(m.within_100ms),
                 pct(m.within_1s),
@@ -162,16 +179,21 @@ impl ChaosReport {
             pct_of(l.within_100ms, l.transactions),
             pct_of(l.within_1s, l.transactions)
         ));
-        s.push_str("\n| cycle | fault | at | walbust streaming again after |\n|---|---|---|---|\n");
+        s.push_str("\n| cycle | fault | at | walbust streaming again after | epoch moved |\n|---|---|---|---|---|\n");
         for f in &self.faults {
             s.push_str(&format!(
-                "| {} | {} | {:.1} s | {} |\n",
+                "| {} | {} | {:.1} s | {} | {} |\n",
                 f.cycle,
                 f.fault,
                 f.at_seconds,
                 f.recovered_after_ms
                     .map(|ms| format!("{ms} ms"))
-                    .unwrap_or_else(|| "-".into())
+                    .unwrap_or_else(|| "-".into()),
+                match f.epoch_moved {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "-",
+                }
             ));
         }
         s

@@ -136,6 +136,47 @@ impl RedisInstance {
         Ok(())
     }
 
+    /// A replica of this server (`--replicaof`) on a port of its own, waiting until the first
+    /// sync finished.
+    pub fn start_replica(&self) -> Result<RedisInstance, HarnessError> {
+        let port = self.port.to_string();
+        let replica = RedisInstance::start_with_args(&["--replicaof", "127.0.0.1", &port])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if replica
+                .query(&["INFO", "replication"])?
+                .contains("master_link_status:up")
+            {
+                return Ok(replica);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(HarnessError::NotReady(
+            format!("redis replica of port {port}"),
+            String::new(),
+        ))
+    }
+
+    /// The replica stops following this server (a network partition): it keeps what it had.
+    pub fn detach(&self) -> Result<(), HarnessError> {
+        self.command(&["REPLICAOF", "NO", "ONE"])
+    }
+
+    /// Failover to `replica` (see [`RedisInstance::start_replica`], [`RedisInstance::detach`]):
+    /// this server dies (kill -9) and the replica's dataset, whatever it had received, is what
+    /// this address serves from now on (as when a Sentinel or a service address moves to the
+    /// promoted replica). The replica then follows this address again.
+    pub fn fail_over_to(&mut self, replica: &RedisInstance) -> Result<(), HarnessError> {
+        self.kill();
+        replica.detach()?;
+        replica.command(&["SAVE"])?;
+        std::fs::copy(replica.dir.join("dump.rdb"), self.dir.join("dump.rdb"))?;
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        self.spawn()?;
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        replica.command(&["REPLICAOF", "127.0.0.1", &self.port.to_string()])
+    }
+
     /// `SAVE`: a snapshot on disk that [`RedisInstance::restart_from_snapshot`] loads.
     pub fn save(&self) -> Result<(), HarnessError> {
         self.command(&["SAVE"])
