@@ -648,6 +648,42 @@ async fn create_slot_never_hides_a_gap_after_streaming() {
     daemon.await.unwrap().unwrap();
 }
 
+/// Regression: a slot dropped under a daemon that never received a change (a quiet database)
+/// was taken for a first start — the daemon ended with "slot does not exist" instead of
+/// covering the gap with an epoch bump.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_on_a_quiet_database_is_a_gap() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let rules = rules_dir();
+    let mut cfg = config(&pg, rules.path(), &[&redis], "");
+    cfg.apply.on_gap = walbust::config::OnGap::BumpEpoch;
+    let (stop_tx, daemon) = start_daemon(cfg);
+    let mut c = conn(&redis);
+    wait_until("streaming", || {
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE active")
+            .is_ok_and(|n| n.trim() == "1")
+    });
+    let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap_or(0);
+    wait_until("slot dropped", || {
+        let _ = pg.psql(
+            "app",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
+        );
+        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
+    });
+    wait_until("epoch moved", || {
+        c.get::<_, Option<i64>>("walbust:epoch").unwrap() > Some(epoch)
+    });
+    pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
+    wait_until("streaming from the new slot", || {
+        version(&mut c, "t:ver:product:1").is_some()
+    });
+    assert!(!daemon.is_finished());
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
+}
+
 /// Readiness on a quiet database: with the slot streaming and Redis answering, `/readyz` is
 /// 200 before any change arrives, and turns 503 when Redis stops answering (issue: durability,
 /// finding 8 — it used to wait for the first applied change).

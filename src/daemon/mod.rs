@@ -268,6 +268,8 @@ struct Daemon {
     applier: Option<Applier>,
     context: ApplierContext,
     stop: Stop,
+    /// Whether this process streamed from the slot (a change, or a reconnect after streaming):
+    /// after that, a missing slot is a gap, not a first start.
     streamed_once: bool,
     /// The [`Progress`] generation the current stream's batches belong to.
     generation: u64,
@@ -360,6 +362,9 @@ impl Daemon {
                         tracing::warn!(error = %error, "replication reconnected; replaying from the last acknowledged position");
                         // A partial transaction will be sent again in full.
                         self.planner.push(&Event::Rollback);
+                        // Only a stream that started sends this: from now on a missing slot is
+                        // a gap, even on a database that never sent a change.
+                        self.streamed_once = true;
                     }
                     Some(StreamItem::Failed(e)) => self.on_failed(e).await?,
                     None => return Err(DaemonError::Stream(StreamError::Ended)),
