@@ -276,44 +276,104 @@ async fn one_load_per_key_after_an_epoch_bump_and_never_older_than_the_last_inva
         "the comparison stampedes without leases: {unprotected:?}"
     );
 
-    // Rows change while 40 readers read: a writer updates a row, waits until walbust applied
-    // its version bump, and only then publishes the revision as invalidated. A read that began
-    // after that must return that revision or a newer one.
-    let clients = connect(ReadOptions::default()).await;
-    let invalidated: Arc<Vec<AtomicI64>> = Arc::new((0..=KEYS).map(|_| AtomicI64::new(1)).collect());
+    // Rows change under the readers: never older than the last invalidation; with
+    // stale-while-revalidate, never older by more than its bound.
+    let (reads, violations) = reads_while_rows_change(&redis, &db, &loads, None).await;
+    assert!(
+        violations.is_empty(),
+        "{} stale reads of {reads}, e.g. {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+    let bound = Duration::from_millis(300);
+    let (reads, violations) = reads_while_rows_change(&redis, &db, &loads, Some(bound)).await;
+    assert!(
+        violations.is_empty(),
+        "{} reads older than the bound, of {reads}, e.g. {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+}
+
+/// 40 readers (4 clients) read random rows for 6 s while a writer updates one row at a time,
+/// waits until walbust applied its version bump, and only then publishes the revision as
+/// invalidated (and when). A read that began after that must return that revision or a newer
+/// one — or, with stale-while-revalidate, a value invalidated at most the bound before it
+/// began. Returns the number of reads and the violations.
+async fn reads_while_rows_change(
+    redis: &RedisInstance,
+    db: &Arc<tokio_postgres::Client>,
+    loads: &Arc<Loads>,
+    stale_bound: Option<Duration>,
+) -> (u64, Vec<String>) {
+    let options = ReadOptions {
+        stale_while_revalidate: stale_bound,
+        ..ReadOptions::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(
+            CacheClient::connect(&redis.url(), "r:")
+                .await
+                .unwrap()
+                .with_options(options.clone()),
+        );
+    }
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Per row: the latest invalidated revision; per (row, revision): when it was invalidated.
+    let invalidated: Arc<Vec<AtomicI64>> = Arc::new((0..=KEYS).map(|_| AtomicI64::new(0)).collect());
+    let invalidated_at: Arc<std::sync::Mutex<HashMap<(i64, i64), Instant>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load_time = Duration::from_millis(if stale_bound.is_some() { 20 } else { 2 });
     let mut readers = Vec::new();
     for r in 0..40usize {
-        let (mut client, db, loads, invalidated, stop) = (
+        let (mut client, db, loads, invalidated, invalidated_at, stop) = (
             clients[r % 4].clone(),
             db.clone(),
             loads.clone(),
             invalidated.clone(),
+            invalidated_at.clone(),
             stop.clone(),
         );
         readers.push(tokio::spawn(async move {
-            let (mut reads, mut stale) = (0u64, Vec::new());
+            let (mut reads, mut violations) = (0u64, Vec::new());
             let mut id = r as i64 % KEYS + 1;
             while !stop.load(Ordering::SeqCst) {
                 id = (id * 7 + 3) % KEYS + 1;
                 let floor = invalidated[id as usize].load(Ordering::SeqCst);
+                let began = Instant::now();
                 let (key, version) = version_entry(&format!("item:{id}"), &format!("ver:item:{id}"));
                 let entry = Entry {
                     key: &key,
                     versions: &[&version],
                     tags: &[],
                 };
-                let (value, _) = client
-                    .get_or_load(&entry, || loads.load(&db, id, Duration::from_millis(2)))
+                let (value, source) = client
+                    .get_or_load(&entry, || loads.load(&db, id, load_time))
                     .await
                     .unwrap();
                 let rev: i64 = value.split(':').nth(1).unwrap().parse().unwrap();
                 if rev < floor {
-                    stale.push(format!("item {id}: read rev {rev} after rev {floor} was invalidated"));
+                    // How long before this read the revision it returned was superseded.
+                    let superseded = invalidated_at.lock().unwrap().get(&(id, rev + 1)).copied();
+                    let late = superseded.map(|at| began.saturating_duration_since(at));
+                    let allowed = match (source, stale_bound, late) {
+                        (Source::Stale, Some(bound), Some(late)) => late <= bound,
+                        _ => false,
+                    };
+                    if !allowed {
+                        violations.push(format!(
+                            "item {id}: {source:?} rev {rev} after rev {floor} was invalidated ({late:?} before the read)"
+                        ));
+                    }
                 }
                 reads += 1;
             }
-            (reads, stale)
+            (reads, violations)
         }));
     }
     let mut writes = 0;
@@ -342,27 +402,27 @@ async fn one_load_per_key_after_an_epoch_bump_and_never_older_than_the_last_inva
                 != before
         })
         .await;
+        invalidated_at
+            .lock()
+            .unwrap()
+            .insert((id, i64::from(rev)), Instant::now());
         invalidated[id as usize].store(i64::from(rev), Ordering::SeqCst);
         writes += 1;
     }
     stop.store(true, Ordering::SeqCst);
-    let (mut reads, mut stale) = (0, Vec::new());
+    let (mut reads, mut violations) = (0, Vec::new());
     for r in readers {
-        let (n, s) = r.await.unwrap();
+        let (n, v) = r.await.unwrap();
         reads += n;
-        stale.extend(s);
+        violations.extend(v);
     }
-    eprintln!(
-        "{writes} writes, {reads} reads while rows changed; stats {:?}",
-        clients[0].stats()
-    );
+    let stats = clients[0].stats();
+    eprintln!("stale_while_revalidate {stale_bound:?}: {writes} writes, {reads} reads while rows changed; one client's stats {stats:?}");
     assert!(writes > 20 && reads > 1000, "{writes} writes, {reads} reads");
-    assert!(
-        stale.is_empty(),
-        "{} stale reads, e.g. {:?}",
-        stale.len(),
-        &stale[..stale.len().min(5)]
-    );
+    if stale_bound.is_some() {
+        assert!(stats.stale_serves > 0, "no read was served a stale copy: {stats:?}");
+    }
+    (reads, violations)
 }
 
 /// Redis stopped (SIGSTOP) during reads: every read completes from PostgreSQL within its

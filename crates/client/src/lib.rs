@@ -28,7 +28,7 @@ mod stats;
 
 pub use scripts::{
     FILL_SCRIPT, LEASE_FILL_SCRIPT, LEASE_KEY_SCRIPT, LEASE_MARKER, LEASE_READ_SCRIPT, LEASE_RELEASE_SCRIPT,
-    READ_SCRIPT, TAG_SCRIPT,
+    READ_SCRIPT, STALE_COPY_SCRIPT, TAG_SCRIPT,
 };
 pub use stats::Stats;
 
@@ -71,6 +71,13 @@ pub struct ReadOptions {
     pub load_wait: Duration,
     pub circuit_failures: u32,
     pub circuit_open_for: Duration,
+    /// Stale-while-revalidate for version-keyed entries (`None`, the default: off). With a
+    /// bound, every fill and every hit keep a copy of the value under `<prefix><key>:swr` that
+    /// expires the bound after the value was last known valid; a reader that would wait for
+    /// another reader's refill is served that copy instead while it exists. So a copy served is
+    /// never older than an invalidation by more than the bound. Costs a `PTTL` per hit (and on
+    /// a Cluster one more command per hit).
+    pub stale_while_revalidate: Option<Duration>,
 }
 
 impl Default for ReadOptions {
@@ -84,6 +91,7 @@ impl Default for ReadOptions {
             load_wait: DEFAULT_LOAD_WAIT,
             circuit_failures: DEFAULT_CIRCUIT_FAILURES,
             circuit_open_for: DEFAULT_CIRCUIT_OPEN_FOR,
+            stale_while_revalidate: None,
         }
     }
 }
@@ -121,6 +129,9 @@ pub enum Source {
     Waited,
     /// Loaded and not cached: Redis failed, the circuit is open, or a lease wait timed out.
     Uncached,
+    /// A copy loaded at most `stale_while_revalidate` ago, served while another reader
+    /// refills the entry.
+    Stale,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +265,7 @@ struct Scripts {
     lease_fill: redis::Script,
     lease_release: redis::Script,
     tag: redis::Script,
+    stale_copy: redis::Script,
 }
 
 fn lease_token() -> String {
@@ -305,6 +317,7 @@ impl CacheClient {
                 lease_fill: redis::Script::new(LEASE_FILL_SCRIPT),
                 lease_release: redis::Script::new(LEASE_RELEASE_SCRIPT),
                 tag: redis::Script::new(TAG_SCRIPT),
+                stale_copy: redis::Script::new(STALE_COPY_SCRIPT),
             }),
         }
     }
@@ -336,6 +349,19 @@ impl CacheClient {
 
     fn base_key(&self, entry: &Entry<'_>) -> String {
         format!("{}{}", self.prefix, entry.key)
+    }
+
+    /// The stale-while-revalidate bound, for a version-keyed entry when it is on.
+    fn stale_bound(&self, entry: &Entry<'_>) -> Option<Duration> {
+        self.guards
+            .options
+            .stale_while_revalidate
+            .filter(|_| !entry.versions.is_empty())
+    }
+
+    /// Where the stale-while-revalidate copy of a version-keyed entry lives.
+    fn stale_key(&self, entry: &Entry<'_>) -> String {
+        format!("{}{}:swr", self.prefix, entry.key)
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -433,6 +459,18 @@ impl CacheClient {
             let mut invocation = self.scripts.lease_key.key(&key);
             invocation.arg(token).arg(lease_ms);
             let mut reply: Vec<String> = invocation.invoke_async(&mut self.conn).await?;
+            if let (Some("hit"), Some(value), Some(bound)) =
+                (reply.first().map(String::as_str), reply.get(1), self.stale_bound(entry))
+            {
+                // Off the read's path: one more command per hit on a Cluster.
+                let (scripts, mut conn) = (self.scripts.clone(), self.conn.clone());
+                let (copy_key, value) = (self.stale_key(entry), value.clone());
+                tokio::spawn(async move {
+                    let mut copy = scripts.stale_copy.key(copy_key);
+                    copy.arg(value).arg(bound.as_millis().max(1) as u64);
+                    let _: redis::RedisResult<i64> = copy.invoke_async(&mut conn).await;
+                });
+            }
             if reply.first().map(String::as_str) == Some("lease") {
                 for t in entry.tags {
                     self.file_under_tag(&self.tag_key(t), &key, ttl).await?;
@@ -448,12 +486,17 @@ impl CacheClient {
             for t in entry.tags {
                 invocation.key(self.tag_key(t));
             }
+            let stale_ms = self.stale_bound(entry).map_or(0, |b| b.as_millis().max(1) as u64);
+            if stale_ms > 0 {
+                invocation.key(self.stale_key(entry));
+            }
             invocation
                 .arg(self.base_key(entry))
                 .arg(entry.versions.len())
                 .arg(token)
                 .arg(lease_ms)
-                .arg(ttl);
+                .arg(ttl)
+                .arg(stale_ms);
             invocation.invoke_async(&mut self.conn).await?
         };
         let mut reply = reply.into_iter();
@@ -570,9 +613,30 @@ impl CacheClient {
                 }
                 Leased::Lease => {
                     let (value, source) = self.load_under_lease(&key, &token, load).await?;
+                    if let Some(bound) = self.stale_bound(entry) {
+                        if source == Source::Loaded {
+                            let mut copy = redis::cmd("SET");
+                            copy.arg(self.stale_key(entry))
+                                .arg(&value)
+                                .arg("PX")
+                                .arg(bound.as_millis().max(1) as u64);
+                            let _ = guards.redis(copy.query_async::<()>(&mut self.conn)).await;
+                        }
+                    }
                     return Ok(Fetched::new(value, source, since));
                 }
                 Leased::Wait => {
+                    if let Some(bound) = self.stale_bound(entry) {
+                        let copy: Option<Option<String>> = guards
+                            .redis(redis::cmd("GET").arg(self.stale_key(entry)).query_async(&mut self.conn))
+                            .await;
+                        if let Some(Some(value)) = copy {
+                            bump(&counters.stale_serves);
+                            // Not fresh since anything this process's other readers could use.
+                            let since = Instant::now().checked_sub(bound).unwrap_or(since);
+                            return Ok(Fetched::new(value, Source::Stale, since));
+                        }
+                    }
                     bump(&counters.lease_waits);
                     match self.wait_for_fill(&key).await {
                         Waited::Filled(value) => {

@@ -33,13 +33,19 @@ return 1
 ";
 
 /// Read with a lease, standalone Redis (one round trip).
-/// KEYS: epoch key, version keys…, tag set keys…; ARGV: base key (prefixed), number of version
-/// keys, lease token, lease milliseconds, entry TTL seconds.
+/// KEYS: epoch key, version keys…, tag set keys…[, stale copy key]; ARGV: base key (prefixed),
+/// number of version keys, lease token, lease milliseconds, entry TTL seconds, stale bound
+/// milliseconds (0: no stale-while-revalidate, and no stale copy key).
 /// Returns `{key, 'hit', value}`, `{key, 'wait'}` (another reader holds the lease) or
 /// `{key, 'lease'}` (this reader holds it now; the key is filed under its tags).
-/// With no version keys the key is the base key itself (a plain entry).
+/// With no version keys the key is the base key itself (a plain entry). With a stale bound, a
+/// hit keeps the stale copy current: the value was valid now, so a copy that expires within the
+/// bound is never older than an invalidation by more than the bound.
 pub const LEASE_READ_SCRIPT: &str = r"
 local nv = tonumber(ARGV[2])
+local swr = tonumber(ARGV[6] or '0')
+local last_tag = #KEYS
+if swr > 0 then last_tag = #KEYS - 1 end
 local key = ARGV[1]
 if nv > 0 then
   key = key .. ':e' .. (redis.call('GET', KEYS[1]) or '0')
@@ -48,15 +54,28 @@ end
 local v = redis.call('GET', key)
 if v then
   if string.sub(v, 1, 15) == '\0walbust:lease:' then return {key, 'wait'} end
+  if swr > 0 and redis.call('PTTL', KEYS[#KEYS]) < swr / 2 then
+    redis.call('SET', KEYS[#KEYS], v, 'PX', swr)
+  end
   return {key, 'hit', v}
 end
 redis.call('SET', key, '\0walbust:lease:' .. ARGV[3], 'PX', tonumber(ARGV[4]))
 local ttl = tonumber(ARGV[5])
-for i = nv + 2, #KEYS do
+for i = nv + 2, last_tag do
   redis.call('SADD', KEYS[i], key)
   if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl * 2) end
 end
 return {key, 'lease'}
+";
+
+/// Keep a stale-while-revalidate copy current (Redis Cluster, after a hit). KEYS: the copy's
+/// key; ARGV: the value just read, the bound in milliseconds. Rewrites the copy when less than
+/// half the bound is left.
+pub const STALE_COPY_SCRIPT: &str = r"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) / 2 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+end
+return 1
 ";
 
 /// Take a lease on one key (Redis Cluster: every script touches one key).

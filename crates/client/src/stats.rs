@@ -25,6 +25,8 @@ pub struct Stats {
     pub redis_errors: u64,
     /// Reads answered by the loader alone because Redis was failing or the circuit was open.
     pub fall_throughs: u64,
+    /// Reads served a stale-while-revalidate copy while another reader refilled.
+    pub stale_serves: u64,
     /// Reads refused because no load slot freed up within `load_wait`.
     pub overloaded: u64,
 }
@@ -97,6 +99,7 @@ pub(crate) struct Counters {
     pub(crate) redis_errors: AtomicU64,
     pub(crate) fall_throughs: AtomicU64,
     pub(crate) overloaded: AtomicU64,
+    pub(crate) stale_serves: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -118,6 +121,7 @@ impl Counters {
             redis_errors: get(&self.redis_errors),
             fall_throughs: get(&self.fall_throughs),
             overloaded: get(&self.overloaded),
+            stale_serves: get(&self.stale_serves),
         }
     }
 }
@@ -136,6 +140,6 @@ mod tests {
         let text = stats.to_prometheus("app_cache");
         assert!(text.contains("# TYPE app_cache_hits_total counter\napp_cache_hits_total 3\n"));
         assert!(text.contains("app_cache_fall_throughs_total 2\n"));
-        assert_eq!(text.matches("# HELP").count(), 11);
+        assert_eq!(text.matches("# HELP").count(), 12);
     }
 }
