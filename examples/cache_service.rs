@@ -4,7 +4,12 @@
 //! cargo run --example cache_service -- postgres://postgres@127.0.0.1/catalog redis://127.0.0.1:6379 127.0.0.1:8080
 //! curl localhost:8080/product/1          # product JSON, versioned by shop:ver:product:1
 //! curl localhost:8080/category/2         # product list of a category, filed under tag shop:tag:category:2
+//! curl localhost:8080/metrics            # the client's counters (hits, misses, loads, lease waits …)
 //! ```
+//!
+//! Reads use `walbust::client`'s defaults: a lease per missing key (one load however many
+//! requests miss it at once), single-flight, a timeout on every Redis command with the database
+//! as the fallback (at most 32 loads at a time), and a circuit that skips a failing Redis.
 //!
 //! With `walbust run` streaming the same database, an UPDATE of product 1 bumps its version key
 //! and the next request loads the new row; a product moved between categories invalidates both
@@ -17,6 +22,9 @@ use walbust::client::{CacheClient, Entry};
 async fn handle(path: &str, cache: &mut CacheClient, db: &tokio_postgres::Client) -> Result<String, String> {
     let mut parts = path.trim_matches('/').split('/');
     let (kind, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if kind == "metrics" {
+        return Ok(cache.stats().to_prometheus("cache_service"));
+    }
     let id: i64 = id.parse().map_err(|_| format!("bad id `{id}`"))?;
     match kind {
         "product" => {
@@ -62,7 +70,7 @@ async fn handle(path: &str, cache: &mut CacheClient, db: &tokio_postgres::Client
                 .map_err(|e| e.to_string())?;
             Ok(format!("{{\"source\":\"{source:?}\",\"products\":{json}}}"))
         }
-        _ => Err("try /product/<id> or /category/<id>".into()),
+        _ => Err("try /product/<id>, /category/<id> or /metrics".into()),
     }
 }
 

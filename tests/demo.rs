@@ -24,6 +24,7 @@ fn demo_shows_every_scripted_invalidation() {
         "Redis changed after",
         "a reader (walbust::client) had {\"id\":1,\"name\":\"Product 1\",\"price_cents\":1050} cached",
         "Loaded {\"id\":1,\"name\":\"Product 1\",\"price_cents\":1299}",
+        "walbust::client (leases + single-flight): 1 load",
         "cleaning up",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");

@@ -519,10 +519,12 @@ impl CacheClient {
     async fn wait_for_fill(&mut self, key: &str) -> Waited {
         let guards = self.guards.clone();
         let deadline = Instant::now() + guards.options.lease_wait;
-        let mut pause = Duration::from_millis(1);
+        // Short at first (most loads are quick), growing by half each time up to 10 ms: a
+        // fill is seen within about a third of the time waited so far.
+        let mut pause = Duration::from_micros(500);
         loop {
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            pause = (pause * 3 / 2).min(Duration::from_millis(10));
             let value: Option<Option<String>> = guards
                 .redis(redis::cmd("GET").arg(key).query_async(&mut self.conn))
                 .await;

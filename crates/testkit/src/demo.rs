@@ -97,6 +97,89 @@ fn insert_lsn(pg: &PgInstance) -> Result<Lsn, DemoError> {
 
 /// What the demo's daemon streams from and applies to: slot `walbust`, no HTTP listener, a
 /// short shutdown timeout.
+/// The last step: 100 readers (4 processes' worth of clients) ask for product 1 the moment its
+/// price changes — once with plain cache-aside, once with walbust::client's leases and
+/// single-flight — and the loads that reached PostgreSQL are counted.
+async fn stampede_avoided<T>(
+    out: &mut (dyn Write + Send),
+    pg: &PgInstance,
+    redis_url: &str,
+    daemon: &tokio::task::JoinHandle<T>,
+) -> Result<(), DemoError> {
+    let (db, db_connection) = tokio_postgres::connect(&pg.url("catalog"), tokio_postgres::NoTls).await?;
+    tokio::spawn(db_connection);
+    let db = std::sync::Arc::new(db);
+    writeln!(
+        out,
+        "{}. 100 readers ask for product 1 right after an admin changes its price (a hot page)",
+        STEPS.len() + 1
+    )?;
+    let mut loads_by_mode = Vec::new();
+    for (price, options) in [
+        (1399, walbust_client::ReadOptions::unprotected()),
+        (1499, walbust_client::ReadOptions::default()),
+    ] {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(
+                walbust_client::CacheClient::connect(redis_url, "shop:")
+                    .await?
+                    .with_options(options.clone()),
+            );
+        }
+        let mut probe = clients[0].clone();
+        let entry = walbust_client::Entry {
+            key: "product:1:json",
+            versions: &["ver:product:1"],
+            tags: &[],
+        };
+        let (old_key, _) = probe.read(&entry).await?;
+        pg.psql(
+            "catalog",
+            &format!("UPDATE products SET price_cents = {price} WHERE id = 1"),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while probe.read(&entry).await?.0 == old_key {
+            if Instant::now() > deadline || daemon.is_finished() {
+                return Err(DemoError::Other("walbust did not apply the change within 20 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let loads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut readers = Vec::new();
+        for i in 0..100 {
+            let (mut client, db, loads) = (clients[i % 4].clone(), db.clone(), loads.clone());
+            readers.push(tokio::spawn(async move {
+                let entry = walbust_client::Entry {
+                    key: "product:1:json",
+                    versions: &["ver:product:1"],
+                    tags: &[],
+                };
+                client
+                    .get_or_load(&entry, || async {
+                        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        // A query that takes a moment, as a product page does.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        db.query_one("SELECT price_cents FROM products WHERE id = 1", &[])
+                            .await
+                            .map(|row| row.get::<_, i32>(0).to_string())
+                    })
+                    .await
+            }));
+        }
+        for r in readers {
+            r.await??;
+        }
+        loads_by_mode.push(loads.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    writeln!(
+        out,
+        "   plain cache-aside: {} loads reached PostgreSQL; walbust::client (leases + single-flight): {} load\n",
+        loads_by_mode[0], loads_by_mode[1]
+    )?;
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct DemoDaemon {
     pub postgres_url: String,
@@ -257,6 +340,7 @@ where
         // Refill for the next step, as readers would.
         warm(&mut conn)?;
     }
+    stampede_avoided(out, &pg, &redis.url(), &daemon).await?;
     let _ = stop_tx.send(());
     match daemon.await {
         Ok(Ok((transactions, batches))) => writeln!(
