@@ -27,7 +27,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = RedisInstance::start()?;
     let mut reader = CacheClient::connect(&redis.url(), "bench:").await?;
     let mut holder = CacheClient::connect(&redis.url(), "bench:").await?;
-    let mut raw = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let mut raw = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
     let entry = Entry {
         key: "product:1",
         versions: &["ver:product:1"],
@@ -47,7 +49,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut misses = Vec::new();
     for i in 0..iterations {
-        let _: () = redis::cmd("SET").arg("bench:ver:product:1").arg(i + 1).query_async(&mut raw).await?;
+        let _: () = redis::cmd("SET")
+            .arg("bench:ver:product:1")
+            .arg(i + 1)
+            .query_async(&mut raw)
+            .await?;
         let start = Instant::now();
         let (_, source) = reader.get_or_load(&entry, instant).await?;
         misses.push(start.elapsed());
@@ -87,7 +93,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("hit:        {}", percentiles(hits));
     println!("miss:       {} (lease, instant load, fill)", percentiles(misses));
-    println!("lease wait: {} (another reader's 5 ms load, joined 1 ms in)", percentiles(waits));
+    println!(
+        "lease wait: {} (another reader's 5 ms load, joined 1 ms in)",
+        percentiles(waits)
+    );
     println!("            after the fill landed: {}", percentiles(overheads));
     Ok(())
 }

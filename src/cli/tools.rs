@@ -32,6 +32,9 @@ pub struct ChaosArgs {
     /// walbust's `wait_replicas` for the Redis target (the harness runs one replica; `redis-promote` promotes it).
     #[arg(long, default_value_t = 0)]
     pub wait_replicas: u32,
+    /// Run against a three-node Redis Cluster (Redis faults hit the shards in turn; default faults: all but redis-promote).
+    #[arg(long)]
+    pub cluster: bool,
     /// Keep walbust's logs here (default: a temp dir, printed).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -56,6 +59,15 @@ pub fn chaos(args: ChaosArgs) -> Result<ExitCode> {
     options.writers = args.writers.unwrap_or(options.writers);
     options.readers = args.readers.unwrap_or(options.readers);
     options.rate = args.rate.unwrap_or(options.rate);
+    if args.cluster {
+        options.cluster = true;
+        options.faults = walbust_testkit::chaos::Fault::cluster_faults();
+        options.cycles = args.cycles.unwrap_or(if args.short {
+            options.faults.len()
+        } else {
+            options.cycles
+        });
+    }
     if !args.faults.is_empty() {
         options.faults = args.faults;
     }

@@ -1,26 +1,43 @@
-//! One connection type for standalone Redis and Redis Cluster, so the read paths share code.
+//! One connection type for standalone Redis and Redis Cluster, so the read paths share code
+//! (and tools that write next to readers, like walbust's chaos harness, can use either).
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+/// A standalone Redis connection (multiplexed) or a Redis Cluster connection; both run any
+/// command (`redis::AsyncCommands`), the cluster one routing it by key.
 #[derive(Clone)]
-pub(crate) enum Conn {
+pub enum RedisConnection {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
-impl Conn {
-    pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
+impl RedisConnection {
+    /// `redis://…` (one server).
+    pub async fn single(url: &str) -> redis::RedisResult<RedisConnection> {
+        let conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+        Ok(RedisConnection::Single(conn))
+    }
+
+    /// A Redis Cluster from its seed nodes' URLs.
+    pub async fn cluster(seeds: &[&str]) -> redis::RedisResult<RedisConnection> {
+        let conn = redis::cluster::ClusterClient::new(seeds.to_vec())?
+            .get_async_connection()
+            .await?;
+        Ok(RedisConnection::Cluster(conn))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
     }
 }
 
-impl ConnectionLike for Conn {
+impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -31,15 +48,15 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Cluster(c) => c.get_db(),
         }
     }
 }

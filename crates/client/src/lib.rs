@@ -26,6 +26,7 @@ mod flight;
 mod scripts;
 mod stats;
 
+pub use conn::RedisConnection;
 pub use scripts::{
     FILL_SCRIPT, LEASE_FILL_SCRIPT, LEASE_KEY_SCRIPT, LEASE_MARKER, LEASE_READ_SCRIPT, LEASE_RELEASE_SCRIPT,
     READ_SCRIPT, STALE_COPY_SCRIPT, TAG_SCRIPT,
@@ -33,7 +34,6 @@ pub use scripts::{
 pub use stats::Stats;
 
 use circuit::Circuit;
-use conn::Conn;
 use flight::{Flight, Flights};
 use stats::{bump, Counters};
 use std::future::Future;
@@ -243,7 +243,7 @@ enum Waited {
 /// single-flight table, the load limit, the circuit and the counters.
 #[derive(Clone)]
 pub struct CacheClient {
-    conn: Conn,
+    conn: RedisConnection,
     /// The rules file's `prefix` (`shop:`).
     pub prefix: String,
     /// `apply.epoch_key` of the daemon.
@@ -288,19 +288,22 @@ fn is_lease(value: &str) -> bool {
 impl CacheClient {
     /// A client for a standalone Redis, with [`ReadOptions::default`].
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<CacheClient> {
-        let conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-        Ok(CacheClient::with_connection(Conn::Single(conn), prefix))
+        Ok(CacheClient::with_connection(
+            RedisConnection::single(url).await?,
+            prefix,
+        ))
     }
 
     /// A client for a Redis Cluster (seed node URLs), with [`ReadOptions::default`].
     pub async fn connect_cluster(seeds: &[&str], prefix: &str) -> redis::RedisResult<CacheClient> {
-        let conn = redis::cluster::ClusterClient::new(seeds.to_vec())?
-            .get_async_connection()
-            .await?;
-        Ok(CacheClient::with_connection(Conn::Cluster(conn), prefix))
+        Ok(CacheClient::with_connection(
+            RedisConnection::cluster(seeds).await?,
+            prefix,
+        ))
     }
 
-    fn with_connection(conn: Conn, prefix: &str) -> CacheClient {
+    /// A client over a connection already made.
+    pub fn with_connection(conn: RedisConnection, prefix: &str) -> CacheClient {
         CacheClient {
             conn,
             prefix: prefix.to_string(),

@@ -4,9 +4,10 @@
 use super::readers::{cache_clients, Item, Mode, LIST_ITEM, MODES, PRODUCT_VALUE, RECS_ITEM};
 use super::report::ModeReport;
 use super::shared::{connect_db, Shared};
+use super::target::RedisSpec;
 use super::writers::RECS_PRODUCTS;
 use super::ChaosError;
-use crate::harness::{PgInstance, RedisInstance};
+use crate::harness::PgInstance;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use walbust_client::{CacheClient, Entry};
 /// Compares every entry a reader would be served with the database, and counts probes.
 pub(super) async fn check(
     pg: &PgInstance,
-    redis: &RedisInstance,
+    redis: &RedisSpec,
     shared: &Shared,
     products: i64,
     fault_windows: &[(Instant, Instant)],
@@ -25,12 +26,18 @@ pub(super) async fn check(
     let expected = expected_values(&db).await?;
     let items = items_to_check(shared, products);
 
-    let clients = cache_clients(&redis.url())
+    let clients = cache_clients(redis)
         .await
         .ok_or_else(|| ChaosError::Other("cannot connect to redis for the final check".into()))?;
-    let mut raw = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection()
-        .await?;
+    // SCAN runs per server: on a Cluster, each node lists its own keys.
+    let mut nodes = Vec::new();
+    for url in &redis.nodes {
+        nodes.push(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        );
+    }
     let probes = Probes::snapshot(shared);
     let mut reports = Vec::new();
     for (mode, mut client) in MODES.into_iter().zip(clients) {
@@ -39,10 +46,10 @@ pub(super) async fn check(
             ..ModeReport::default()
         };
         check_entries(&mut client, mode, &items, &expected, &mut report).await?;
-        let remaining: HashSet<String> = scan(&mut raw, &format!("{}probe:*", mode.prefix()))
-            .await?
-            .into_iter()
-            .collect();
+        let mut remaining = HashSet::new();
+        for node in &mut nodes {
+            remaining.extend(scan(node, &format!("{}probe:*", mode.prefix())).await?);
+        }
         let (latencies, steady) = probes.count(mode, &remaining, fault_windows, gap_windows, &mut report);
         record_latencies(&mut report, latencies, steady);
         reports.push(report);

@@ -3,8 +3,9 @@
 
 use super::processes::{active_index, drop_slot, pause_redis, terminate_walsender, wait_active, Daemon};
 use super::shared::blocking;
+use super::target::Target;
 use super::ChaosError;
-use crate::harness::{PgInstance, RedisInstance};
+use crate::harness::PgInstance;
 use std::path::Path;
 use std::time::Duration;
 
@@ -61,6 +62,11 @@ impl Fault {
         Fault::PgPromote,
         Fault::GapKill9,
     ];
+
+    /// The faults of a `--cluster` run: all but [`Fault::RedisPromote`] (no replicas there).
+    pub fn cluster_faults() -> Vec<Fault> {
+        Fault::ALL.into_iter().filter(|f| *f != Fault::RedisPromote).collect()
+    }
 
     /// Whether the fault loses part of the slot's history (a gap): what walbust never saw is
     /// covered by an epoch bump, not by exact invalidations.
@@ -121,11 +127,17 @@ pub(super) async fn inject(
     fault: Fault,
     occurrence: usize,
     pg: &mut PgInstance,
-    redis: &mut RedisInstance,
-    replica: &RedisInstance,
+    target: &mut Target,
     daemons: &mut [Daemon],
     bin: &Path,
 ) -> Result<Option<Duration>, ChaosError> {
+    if let (Fault::RedisPromote, Target::Cluster(_)) = (fault, &*target) {
+        return Err(ChaosError::Other(
+            "redis-promote needs a replica; the --cluster harness has none (choose other --faults)".into(),
+        ));
+    }
+    // The Redis faults hit the server, or on a Cluster one shard after the other.
+    let redis = target.node(occurrence);
     match fault {
         Fault::Kill9 => {
             let index = active_index(pg, daemons);
@@ -163,6 +175,9 @@ pub(super) async fn inject(
             Ok(None)
         }
         Fault::RedisPromote => {
+            let Target::Single { redis, replica } = target else {
+                unreachable!("refused above")
+            };
             blocking(|| replica.detach())?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             blocking(|| redis.fail_over_to(replica))?;

@@ -33,13 +33,14 @@ mod processes;
 mod readers;
 mod report;
 mod shared;
+mod target;
 mod writers;
 
 pub use faults::Fault;
 pub use readers::Mode;
 pub use report::{ChaosReport, DaemonLatency, FaultRecord, ModeReport};
 
-use crate::harness::{HarnessError, PgInstance, RedisInstance};
+use crate::harness::{HarnessError, PgInstance};
 use check::check;
 use faults::inject;
 use processes::{prepare_daemons, quiesce, start_database, wait_active, Daemon};
@@ -49,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use target::{RedisSpec, Target};
 use writers::{truncater, writer, WRITE_KINDS};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,9 @@ pub struct ChaosOptions {
     /// walbust's `wait_replicas` for the Redis target (the harness runs one replica, which
     /// [`Fault::RedisPromote`] promotes).
     pub wait_replicas: u32,
+    /// Run against a three-node Redis Cluster instead of one server (Redis faults then hit the
+    /// shards in turn).
+    pub cluster: bool,
 }
 
 impl ChaosOptions {
@@ -120,6 +125,7 @@ impl ChaosOptions {
             seed: 1,
             log_dir: None,
             wait_replicas: 0,
+            cluster: false,
         }
     }
 
@@ -142,7 +148,7 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
     let started = Instant::now();
     let mut rig = Rig::start(&options, progress).await?;
     let shared = Arc::new(Shared::default());
-    let workload = Workload::spawn(&options, &shared, &rig.pg.url("catalog"), &rig.redis.url());
+    let workload = Workload::spawn(&options, &shared, &rig.pg.url("catalog"), &rig.target.spec());
     let cycles = fault_cycles(&options, &mut rig, &shared, started, progress).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
     while shared.writes.load(Ordering::Relaxed) < options.min_writes && Instant::now() < deadline {
@@ -152,7 +158,7 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
 
     let modes = check(
         &rig.pg,
-        &rig.redis,
+        &rig.target.spec(),
         &shared,
         options.products,
         &cycles.windows,
@@ -183,9 +189,7 @@ struct Rig {
     daemon_latency: Arc<Mutex<DaemonLatency>>,
     /// walbust's rules, configs and logs.
     work: PathBuf,
-    /// A replica of `redis`, for [`Fault::RedisPromote`].
-    replica: RedisInstance,
-    redis: RedisInstance,
+    target: Target,
     pg: PgInstance,
 }
 
@@ -193,12 +197,11 @@ impl Rig {
     /// Starts PostgreSQL, Redis and the first walbust, and waits until it streams.
     async fn start(options: &ChaosOptions, progress: &mut (dyn std::io::Write + Send)) -> Result<Rig, ChaosError> {
         let pg = blocking(|| start_database(options.products))?;
-        let redis = blocking(|| RedisInstance::start_with_args(&["--notify-keyspace-events", "Eg"]))?;
-        let replica = blocking(|| redis.start_replica())?;
+        let target = blocking(|| Target::start(options.cluster))?;
 
         let work = tempdir_for(options)?;
         let daemon_latency = Arc::new(Mutex::new(DaemonLatency::default()));
-        let mut daemons = prepare_daemons(&work, &pg, &redis, &daemon_latency, options.wait_replicas)?;
+        let mut daemons = prepare_daemons(&work, &pg, &target.spec(), &daemon_latency, options.wait_replicas)?;
         daemons[0].spawn(&options.walbust_bin)?;
         if wait_active(&pg, Duration::from_secs(30), None).await.is_none() {
             return Err(ChaosError::Other(format!(
@@ -208,17 +211,16 @@ impl Rig {
         }
         writeln!(
             progress,
-            "PostgreSQL :{}, Redis :{}, walbust logs in {}",
+            "PostgreSQL :{}, {}, walbust logs in {}",
             pg.port(),
-            redis.port(),
+            target.describe(),
             work.display()
         )?;
         Ok(Rig {
             daemons,
             daemon_latency,
             work,
-            replica,
-            redis,
+            target,
             pg,
         })
     }
@@ -227,31 +229,36 @@ impl Rig {
 /// The workload's tasks: the deletion listener (a thread), the writers and the truncater, the
 /// readers.
 struct Workload {
-    listener: std::thread::JoinHandle<()>,
+    listeners: Vec<std::thread::JoinHandle<()>>,
     writers: Vec<tokio::task::JoinHandle<()>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Workload {
-    fn spawn(options: &ChaosOptions, shared: &Arc<Shared>, db_url: &str, redis_url: &str) -> Workload {
-        let listener = {
-            let (shared, url) = (shared.clone(), redis_url.to_string());
-            std::thread::spawn(move || listen_for_deletions(shared, url))
-        };
+    fn spawn(options: &ChaosOptions, shared: &Arc<Shared>, db_url: &str, redis: &RedisSpec) -> Workload {
+        // Every node publishes the deletions of its own keys.
+        let listeners = redis
+            .nodes
+            .iter()
+            .map(|url| {
+                let (shared, url) = (shared.clone(), url.clone());
+                std::thread::spawn(move || listen_for_deletions(shared, url))
+            })
+            .collect();
         let mut writers = Vec::new();
         for i in 0..options.writers {
             writers.push(tokio::spawn(writer(
                 i,
                 shared.clone(),
                 db_url.to_string(),
-                redis_url.to_string(),
+                redis.clone(),
                 options.clone(),
             )));
         }
         writers.push(tokio::spawn(truncater(
             shared.clone(),
             db_url.to_string(),
-            redis_url.to_string(),
+            redis.clone(),
             options.products,
         )));
         let mut readers = Vec::new();
@@ -260,12 +267,12 @@ impl Workload {
                 i,
                 shared.clone(),
                 db_url.to_string(),
-                redis_url.to_string(),
+                redis.clone(),
                 options.clone(),
             )));
         }
         Workload {
-            listener,
+            listeners,
             writers,
             readers,
         }
@@ -287,7 +294,9 @@ impl Workload {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
         shared.stop_listener.store(true, Ordering::Relaxed);
-        let _ = self.listener.join();
+        for listener in self.listeners {
+            let _ = listener.join();
+        }
         Ok(quiesce_ms)
     }
 }
@@ -325,20 +334,20 @@ async fn fault_cycles(
             faults => faults[cycle % faults.len()],
         };
         let occurrence = injected.entry(fault).or_default();
-        let epoch_before = if fault.is_gap() { epoch(&rig.redis).await } else { None };
+        let spec = rig.target.spec();
+        let epoch_before = if fault.is_gap() { epoch(&spec).await } else { None };
         let recovered = inject(
             fault,
             *occurrence,
             &mut rig.pg,
-            &mut rig.redis,
-            &rig.replica,
+            &mut rig.target,
             &mut rig.daemons,
             &options.walbust_bin,
         )
         .await?;
         *occurrence += 1;
         let epoch_moved = match fault.is_gap() {
-            true => Some(epoch_moved(&rig.redis, epoch_before).await),
+            true => Some(epoch_moved(&spec, epoch_before).await),
             false => None,
         };
         if fault.is_gap() {
@@ -371,9 +380,8 @@ async fn fault_cycles(
 }
 
 /// The epoch (`walbust:epoch`) on `redis`, if it can be read.
-async fn epoch(redis: &RedisInstance) -> Option<i64> {
-    let client = redis::Client::open(redis.url()).ok()?;
-    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+async fn epoch(redis: &RedisSpec) -> Option<i64> {
+    let mut conn = redis.connect().await.ok()?;
     redis::cmd("GET")
         .arg("walbust:epoch")
         .query_async(&mut conn)
@@ -382,7 +390,7 @@ async fn epoch(redis: &RedisInstance) -> Option<i64> {
 }
 
 /// Whether the epoch moved past `before` within 10 s.
-async fn epoch_moved(redis: &RedisInstance, before: Option<i64>) -> bool {
+async fn epoch_moved(redis: &RedisSpec, before: Option<i64>) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(now) = epoch(redis).await {

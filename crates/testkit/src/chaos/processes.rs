@@ -5,6 +5,7 @@
 
 use super::report::DaemonLatency;
 use super::shared::blocking;
+use super::target::RedisSpec;
 use super::writers::reseed_recs_sql;
 use super::ChaosError;
 use crate::harness::{HarnessError, PgInstance, PgOptions, RedisInstance};
@@ -228,7 +229,7 @@ pub(super) async fn wait_active(pg: &PgInstance, timeout: Duration, other_than: 
 /// default, `fail`, stops the daemon for an operator, which a fault run cannot measure.
 fn daemon_config(
     pg: &PgInstance,
-    redis: &RedisInstance,
+    redis: &RedisSpec,
     rules: &Path,
     name: &str,
     http_port: u16,
@@ -251,13 +252,15 @@ retry_max_delay = "1s"
 on_gap = "bump_epoch"
 [[redis]]
 url = "{}"
+cluster = {}
 wait_replicas = {wait_replicas}
 [http]
 listen = "127.0.0.1:{http_port}"
 "#,
         pg.url("catalog"),
         rules.display(),
-        redis.url()
+        redis.daemon_url(),
+        redis.cluster
     )
 }
 
@@ -335,7 +338,7 @@ pub(super) fn start_database(products: i64) -> Result<PgInstance, HarnessError> 
 pub(super) fn prepare_daemons(
     work: &Path,
     pg: &PgInstance,
-    redis: &RedisInstance,
+    redis: &RedisSpec,
     latency: &Arc<Mutex<DaemonLatency>>,
     wait_replicas: u32,
 ) -> Result<Vec<Daemon>, ChaosError> {

@@ -3,6 +3,7 @@
 //! timestamps every probe deletion.
 
 use super::shared::{connect_db, Rng, Shared};
+use super::target::RedisSpec;
 use super::writers::RECS_PRODUCTS;
 use super::{ChaosOptions, WorkloadError};
 use std::sync::atomic::Ordering;
@@ -124,10 +125,10 @@ fn pick_item(rng: &mut Rng, shared: &Shared, products: i64) -> Item {
     }
 }
 
-pub(super) async fn cache_clients(redis_url: &str) -> Option<Vec<CacheClient>> {
+pub(super) async fn cache_clients(redis: &RedisSpec) -> Option<Vec<CacheClient>> {
     let mut clients = Vec::new();
     for mode in MODES {
-        let mut client = CacheClient::connect(redis_url, mode.prefix()).await.ok()?;
+        let mut client = redis.cache_client(mode.prefix()).await.ok()?;
         client.ttl = Duration::from_secs(3600);
         clients.push(client);
     }
@@ -155,13 +156,7 @@ async fn read_through(
     Ok(())
 }
 
-pub(super) async fn reader(
-    index: usize,
-    shared: Arc<Shared>,
-    db_url: String,
-    redis_url: String,
-    options: ChaosOptions,
-) {
+pub(super) async fn reader(index: usize, shared: Arc<Shared>, db_url: String, redis: RedisSpec, options: ChaosOptions) {
     let mut rng = Rng::new(options.seed.wrapping_add(1_000_003 + index as u64 * 104_729));
     let mut db: Option<tokio_postgres::Client> = None;
     let mut clients: Option<Vec<CacheClient>> = None;
@@ -170,7 +165,7 @@ pub(super) async fn reader(
             db = connect_db(&db_url).await.ok();
         }
         if clients.is_none() {
-            clients = cache_clients(&redis_url).await;
+            clients = cache_clients(&redis).await;
         }
         let (Some(d), Some(cs)) = (db.as_ref(), clients.as_mut()) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -197,8 +192,8 @@ pub(super) async fn reader(
     }
 }
 
-/// Subscribes to `del` keyspace events and timestamps every probe deletion; reconnects after
-/// a Redis restart.
+/// Subscribes to `del` keyspace events of one server (a Cluster: one node, one listener each)
+/// and timestamps every probe deletion; reconnects after a Redis restart.
 pub(super) fn listen_for_deletions(shared: Arc<Shared>, redis_url: String) {
     while !shared.stop_listener.load(Ordering::Relaxed) {
         let connection = redis::Client::open(redis_url.as_str()).and_then(|c| c.get_connection());

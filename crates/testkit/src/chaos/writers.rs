@@ -4,10 +4,12 @@
 
 use super::readers::MODES;
 use super::shared::{connect_db, Rng, Shared};
+use super::target::{run_pipeline, RedisSpec};
 use super::{ChaosOptions, WorkloadError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use walbust_client::RedisConnection;
 
 /// What one write transaction did.
 #[derive(Clone, Copy)]
@@ -59,7 +61,7 @@ impl Draw {
 /// One write transaction: the change, its probes set in Redis, then COMMIT.
 async fn write_once(
     db: &mut tokio_postgres::Client,
-    redis: &mut redis::aio::MultiplexedConnection,
+    redis: &mut RedisConnection,
     rng: &mut Rng,
     shared: &Shared,
     products: i64,
@@ -170,7 +172,7 @@ async fn probes_of(
 /// Sets the probes of every mode, then commits; registers the probes with the COMMIT time.
 async fn commit_with_probes(
     tx: tokio_postgres::Transaction<'_>,
-    redis: &mut redis::aio::MultiplexedConnection,
+    redis: &mut RedisConnection,
     shared: &Shared,
     probes: Vec<String>,
     rows: u64,
@@ -189,7 +191,7 @@ async fn commit_with_probes(
             }
         }
         // Redis unavailable: the transaction rolls back (dropped), nothing unprobed commits.
-        pipe.query_async::<()>(redis).await?;
+        run_pipeline(redis, &pipe).await?;
     }
     let sent = Instant::now();
     match tx.commit().await {
@@ -218,12 +220,12 @@ pub(super) async fn writer(
     index: usize,
     shared: Arc<Shared>,
     db_url: String,
-    redis_url: String,
+    redis_spec: RedisSpec,
     options: ChaosOptions,
 ) {
     let mut rng = Rng::new(options.seed.wrapping_add(index as u64 * 7919));
     let mut db: Option<tokio_postgres::Client> = None;
-    let mut redis: Option<redis::aio::MultiplexedConnection> = None;
+    let mut redis: Option<RedisConnection> = None;
     let interval = (options.rate > 0).then(|| Duration::from_secs_f64(options.writers as f64 / options.rate as f64));
     let mut next = Instant::now();
     while !shared.stop_writers.load(Ordering::Relaxed) {
@@ -236,10 +238,7 @@ pub(super) async fn writer(
             db = connect_db(&db_url).await.ok();
         }
         if redis.is_none() {
-            redis = match redis::Client::open(redis_url.as_str()) {
-                Ok(c) => c.get_multiplexed_async_connection().await.ok(),
-                Err(_) => None,
-            };
+            redis = redis_spec.connect().await.ok();
         }
         let (Some(d), Some(r)) = (db.as_mut(), redis.as_mut()) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -255,7 +254,7 @@ pub(super) async fn writer(
 }
 
 /// Every few seconds: TRUNCATE recommendations and rebuild them, in one transaction.
-pub(super) async fn truncater(shared: Arc<Shared>, db_url: String, redis_url: String, products: i64) {
+pub(super) async fn truncater(shared: Arc<Shared>, db_url: String, redis_spec: RedisSpec, products: i64) {
     let mut db: Option<tokio_postgres::Client> = None;
     let mut n = 0u64;
     while !shared.stop_writers.load(Ordering::Relaxed) {
@@ -264,10 +263,7 @@ pub(super) async fn truncater(shared: Arc<Shared>, db_url: String, redis_url: St
             db = connect_db(&db_url).await.ok();
         }
         let Some(d) = db.as_mut() else { continue };
-        let Ok(client) = redis::Client::open(redis_url.as_str()) else {
-            continue;
-        };
-        let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+        let Ok(mut redis) = redis_spec.connect().await else {
             continue;
         };
         n += 1;
@@ -281,7 +277,7 @@ pub(super) async fn truncater(shared: Arc<Shared>, db_url: String, redis_url: St
 /// The truncater's `n`th transaction: TRUNCATE and reseed, with one probe (`probe:t:<n>`).
 async fn truncate_once(
     db: &mut tokio_postgres::Client,
-    redis: &mut redis::aio::MultiplexedConnection,
+    redis: &mut RedisConnection,
     shared: &Shared,
     n: u64,
     products: i64,

@@ -247,16 +247,25 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(n: usize) -> Result<RedisCluster, HarnessError> {
+        RedisCluster::start_with_args(n, &[])
+    }
+
+    /// With extra redis-server arguments for every node (e.g. keyspace notifications). A node
+    /// restarted with [`RedisInstance::restart`] keeps its `nodes.conf`, so it comes back empty
+    /// but owning its slots (a shard restart).
+    pub fn start_with_args(n: usize, extra_args: &[&str]) -> Result<RedisCluster, HarnessError> {
         let mut nodes = Vec::new();
         for _ in 0..n {
-            nodes.push(RedisInstance::start_with_args(&[
+            let mut args = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
-            ])?);
+            ];
+            args.extend_from_slice(extra_args);
+            nodes.push(RedisInstance::start_with_args(&args)?);
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
         let out = Command::new("redis-cli")
