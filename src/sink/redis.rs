@@ -71,13 +71,45 @@ return #members
 ";
 
 /// Advances the watermark KEYS[1] to ARGV = lsn, system, timeline, at — unless a tag of the same
-/// pipeline is still draining (see [`TAG_SCRIPT`]). Returns 1 when it advanced.
+/// pipeline is still draining (see [`TAG_SCRIPT`]). Returns 1 when it advanced. It never moves
+/// back on the same server and timeline: a replay after a rollback applies positions below
+/// what the target kept, and lowering the mark would read as a second rollback.
 const WATERMARK_SCRIPT: &str = r"
 if redis.call('HEXISTS', KEYS[1], 'draining') == 1 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'lsn', ARGV[1], 'system', ARGV[2], 'timeline', ARGV[3], 'at', ARGV[4])
+local cur = redis.call('HMGET', KEYS[1], 'lsn', 'system', 'timeline')
+local lsn = ARGV[1]
+if cur[1] and cur[2] == ARGV[2] and cur[3] == ARGV[3] and tonumber(cur[1]) > tonumber(ARGV[1]) then
+  lsn = cur[1]
+end
+redis.call('HSET', KEYS[1], 'lsn', lsn, 'system', ARGV[2], 'timeline', ARGV[3], 'at', ARGV[4])
 return 1
+";
+
+/// The watermark on a Redis Cluster primary, checked and set in one step: ARGV as
+/// [`WATERMARK_SCRIPT`], plus ARGV[5], the position walbust last knew there (0: none). A cluster
+/// connection repairs itself without telling (a shard restarted from a snapshot, or empty, looks
+/// like a slow round trip), so every batch checks what the shard holds: when it is less than
+/// ARGV[5] (or nothing), the shard went back — the script leaves the watermark as it is (a crash
+/// now must still find the loss) and returns what it found. Returns the stored position (-1:
+/// none) or -2 while a tag drains.
+const SHARD_WATERMARK_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'draining') == 1 then
+  return -2
+end
+local cur = redis.call('HMGET', KEYS[1], 'lsn', 'system', 'timeline')
+local stored = tonumber(cur[1] or '-1') or -1
+local expected = tonumber(ARGV[5])
+if expected > 0 and stored < expected then
+  return stored
+end
+local lsn = ARGV[1]
+if cur[1] and cur[2] == ARGV[2] and cur[3] == ARGV[3] and stored > tonumber(ARGV[1]) then
+  lsn = cur[1]
+end
+redis.call('HSET', KEYS[1], 'lsn', lsn, 'system', ARGV[2], 'timeline', ARGV[3], 'at', ARGV[4])
+return stored
 ";
 
 /// Moves the epoch KEYS[1] to a value never used before: one more than it holds, or the current
@@ -475,7 +507,11 @@ impl RedisTarget {
         let mut conn = self.connection().await?;
         if let Conn::Cluster(cluster) = &conn {
             self.apply_cluster(cluster.clone(), actions, batch.last_end).await?;
-            self.completed(batch.last_end);
+            // A shard found rolled back: the batch is replayed with everything after the
+            // acknowledged position, so it does not complete here.
+            if self.rollback.is_none() {
+                self.completed(batch.last_end);
+            }
             return Ok(());
         }
         // Patterns first: SCAN needs its own round trips (rare; discouraged by `check`).
@@ -1020,17 +1056,57 @@ impl RedisTarget {
         }
         if let Some(end) = last_end {
             // Last, on every primary: each shard's watermark covers what was sent to it.
-            let mut per_slot: std::collections::HashMap<u16, redis::Pipeline> = std::collections::HashMap::new();
-            for mark in &self.shard_marks {
-                self.add_watermark(
-                    per_slot.entry(key_slot(mark.key.as_bytes())).or_default(),
-                    &mark.key,
-                    end,
-                );
-            }
-            self.run_pipelines(&conn, per_slot).await?;
-            for mark in &mut self.shard_marks {
-                mark.in_target = mark.in_target.max(Some(end));
+            self.write_shard_watermarks(&conn, end).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `end` as every primary's watermark with [`SHARD_WATERMARK_SCRIPT`], all primaries
+    /// at once. A primary holding less than walbust last wrote there is a rollback (kept for
+    /// [`Sink::take_rollback`]; the batch then does not count).
+    async fn write_shard_watermarks(
+        &mut self,
+        conn: &redis::cluster_async::ClusterConnection,
+        end: Lsn,
+    ) -> Result<(), RedisError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, mark) in self.shard_marks.iter().enumerate() {
+            let mut script = redis::cmd("EVAL");
+            script
+                .arg(SHARD_WATERMARK_SCRIPT)
+                .arg(1)
+                .arg(&mark.key)
+                .arg(end.0)
+                .arg(&self.origin.system)
+                .arg(self.origin.timeline)
+                .arg(crate::model::Timestamp::now().0)
+                .arg(mark.in_target.map_or(0, |l| l.0));
+            let mut c = conn.clone();
+            tasks.spawn(async move { (i, script.query_async::<i64>(&mut c).await) });
+            self.round_trips += 1;
+        }
+        let mut replies = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (i, reply) = joined.map_err(|e| {
+                self.err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "watermark task failed",
+                    e.to_string(),
+                )))
+            })?;
+            replies.push((i, self.finish(reply)?));
+        }
+        for (i, stored) in replies {
+            let mark = &mut self.shard_marks[i];
+            let now = u64::try_from(stored).ok().map(Lsn);
+            match mark.in_target {
+                Some(had) if stored != -2 && now.is_none_or(|now| now < had) => {
+                    self.rollback = Some(Rollback { had, now });
+                    mark.in_target = now;
+                    self.complete = self.complete.min(now);
+                }
+                _ if stored == -2 => {}
+                _ => mark.in_target = mark.in_target.max(Some(end)),
             }
         }
         Ok(())
