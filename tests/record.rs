@@ -219,3 +219,111 @@ async fn live_recording_stops_after_max_changes_at_a_transaction_boundary() {
         "0"
     );
 }
+
+/// Rules on a partitioned table fire for changes that name its partitions in dry-run too
+/// (issue: inputs, finding 8): a capture records the database's partitions, and a
+/// test_decoding sample gets them from `--db`. Without either, nothing fires (as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_maps_partitions_from_the_capture_or_the_database() {
+    let pg = PgInstance::start().unwrap();
+    pg.create_database("app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE events (id int, region int, body text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN (1);
+         CREATE TABLE events_us PARTITION OF events FOR VALUES IN (2) PARTITION BY RANGE (id);
+         CREATE TABLE events_us_low PARTITION OF events_us FOR VALUES FROM (0) TO (1000);
+         CREATE PUBLICATION pub FOR TABLE events;",
+    )
+    .unwrap();
+    // Slots in a transaction of their own (after the DDL has committed).
+    pg.psql(
+        "app",
+        "SELECT pg_create_logical_replication_slot('walbust', 'pgoutput'); SELECT pg_create_logical_replication_slot('td', 'test_decoding');",
+    )
+    .unwrap();
+    pg.psql(
+        "app",
+        // Flushed at COMMIT: decoding reads only flushed WAL, and the peek follows at once.
+        "SET synchronous_commit = on; INSERT INTO events VALUES (1, 1, 'a'), (2, 2, 'b'); UPDATE events SET body = 'c' WHERE id = 2;",
+    )
+    .unwrap();
+    let rules = Arc::new(
+        walbust::rules::load_str(
+            "rules.yaml",
+            "version: 1\nrules:\n  - name: events\n    table: events\n    delete: [\"event:{id}\"]\n",
+        )
+        .unwrap()
+        .rules,
+    );
+    let dry_run = |bytes: Vec<u8>, partitions: Vec<walbust::rules::PartitionOf>| {
+        let mut reader = open_reader("sample", Box::new(std::io::Cursor::new(bytes)), None).unwrap();
+        let mut out = Vec::new();
+        let options = walbust::sink::dryrun::Options {
+            format: walbust::sink::dryrun::OutputFormat::Json,
+            partitions,
+            ..Default::default()
+        };
+        walbust::sink::dryrun::run(rules.clone(), reader.as_mut(), &mut out, options, &mut |e| {
+            panic!("{e}")
+        })
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut keys: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|v| {
+                v["delete"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+
+    let mut capture = Vec::new();
+    record(
+        &RecordOptions {
+            connect: ConnectOptions::parse(&pg.url("app")).unwrap(),
+            publication: "pub".into(),
+            stop: StopAt::default(),
+            peek: Some("walbust".into()),
+        },
+        &mut capture,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        dry_run(capture, Vec::new()),
+        ["event:1", "event:2"],
+        "the capture records the partitions"
+    );
+
+    let td = pg
+        .psql(
+            "app",
+            "SELECT string_agg(data, E'\\n') FROM pg_logical_slot_get_changes('td', NULL, NULL, 'include-xids', '1')",
+        )
+        .unwrap();
+    assert!(td.contains("public.events_us_low"), "{td}");
+    assert!(
+        dry_run(td.clone().into_bytes(), Vec::new()).is_empty(),
+        "without --db nothing maps"
+    );
+    let options = ConnectOptions::parse(&pg.url("app")).unwrap();
+    let mut conn = walbust::source::conn::ReplicationConnection::connect(&options)
+        .await
+        .unwrap();
+    let map = walbust::source::schema::partition_map(&mut conn).await.unwrap();
+    conn.close().await;
+    let us_low = map.iter().find(|p| p.partition.name == "events_us_low").unwrap();
+    let names: Vec<&str> = us_low.ancestors.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["events_us", "events"], "nearest first");
+    assert_eq!(dry_run(td.into_bytes(), map), ["event:1", "event:2"], "--db maps them");
+}

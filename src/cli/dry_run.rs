@@ -36,6 +36,10 @@ pub struct DryRunArgs {
     /// given, `rules.tag_prefix`, `rules.max_keys_per_transaction`).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// PostgreSQL URL: look up the database's partitions, so rules on a partitioned table apply
+    /// to changes that name its partitions (as the daemon does). A walbust capture records them.
+    #[arg(long)]
+    pub db: Option<String>,
 }
 
 fn parse_input_format(text: &str) -> Result<InputFormat, String> {
@@ -71,6 +75,18 @@ pub fn run(args: DryRunArgs) -> Result<ExitCode> {
             )?
         }
     };
+    let partitions = match &args.db {
+        Some(url) => super::runtime()?
+            .block_on(async {
+                let options = crate::source::conn::ConnectOptions::parse(url)?;
+                let mut conn = crate::source::conn::ReplicationConnection::connect(&options).await?;
+                let map = crate::source::schema::partition_map(&mut conn).await;
+                conn.close().await;
+                map
+            })
+            .with_context(|| format!("cannot read the partitions of {}", crate::config::redact_pg(url)))?,
+        None => Vec::new(),
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout);
     let options = dryrun::Options {
@@ -87,6 +103,7 @@ pub fn run(args: DryRunArgs) -> Result<ExitCode> {
             },
             None => Default::default(),
         },
+        partitions,
     };
     let mut on_skip = |e: &sample::SampleError| eprintln!("skipped: {e}");
     let summary = dryrun::run(rules, source.as_mut(), &mut out, options, &mut on_skip).context("dry-run stopped")?;

@@ -29,6 +29,9 @@ pub struct Options {
     pub keep_going: bool,
     /// How the daemon evaluates (tag prefix, fan-out limit), so dry-run plans as it will.
     pub engine: EngineOptions,
+    /// Partitions and their ancestors (`dry-run --db`), added to what the sample records: rules
+    /// on a partitioned table apply to its partitions' changes, as in the daemon.
+    pub partitions: Vec<crate::rules::PartitionOf>,
 }
 
 /// Totals over a sample; per-transaction arrays are counted after deduplication.
@@ -201,6 +204,8 @@ pub fn run(
     on_skip: &mut dyn FnMut(&SampleError),
 ) -> Result<Summary, DryRunError> {
     let mut planner = Planner::with_options(rules, options.explain, options.engine.clone());
+    planner.engine_mut().map_partitions(source.partitions());
+    planner.engine_mut().map_partitions(&options.partitions);
     let keep_going = options.keep_going;
     let mut printer = Printer::new(out, options);
     let mut skipped_lines = 0;

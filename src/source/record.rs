@@ -61,6 +61,16 @@ pub enum RecordError {
     Unexpected(String),
 }
 
+/// The database's partitions for the header, so a dry-run of the capture maps them as the
+/// daemon does; a server without `pg_partition_ancestors` (before 12) has none to record.
+async fn partitions(conn: &mut ReplicationConnection) -> Result<Vec<crate::rules::PartitionOf>, RecordError> {
+    match crate::source::schema::partition_map(conn).await {
+        Ok(map) => Ok(map),
+        Err(e) if e.server().is_some() => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn header(server_version: Option<String>, options: &RecordOptions, source: String, start: Option<Lsn>) -> Header {
     Header {
         created: Timestamp((pg_now_micros() + 946_684_800_000_000).max(0)).to_string(),
@@ -156,15 +166,16 @@ async fn peek<W: Write>(
             quote_literal(&quote_ident(&options.publication))
         ))
         .await?;
-    let mut writer = CaptureWriter::new(
-        out,
-        &header(
+    let header = Header {
+        partitions: partitions(&mut conn).await?,
+        ..header(
             conn.parameters.get("server_version").cloned(),
             options,
             format!("peek:{slot}"),
             info.confirmed_flush_lsn,
-        ),
-    )?;
+        )
+    };
+    let mut writer = CaptureWriter::new(out, &header)?;
     let mut counter = Counter::default();
     for row in &result.rows {
         let lsn = row
@@ -207,13 +218,14 @@ const RECORD_STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// A live recording: the daemon's [`Stream`] from a temporary slot, in raw mode, written
 /// message by message; each committed transaction written is acknowledged like an applied one.
 async fn live<W: Write>(
-    conn: ReplicationConnection,
+    mut conn: ReplicationConnection,
     options: &RecordOptions,
     out: W,
     interrupt: impl Future<Output = ()>,
 ) -> Result<RecordSummary, RecordError> {
     let slot = format!("walbust_record_{}_{}", std::process::id(), pg_now_micros() % 1_000_000);
     let server_version = conn.parameters.get("server_version").cloned();
+    let partitions = partitions(&mut conn).await?;
     conn.close().await;
     let mut config = StreamConfig::new(options.connect.clone(), &slot, &options.publication);
     config.temporary_slot = true;
@@ -226,6 +238,7 @@ async fn live<W: Write>(
         out: Some(out),
         writer: None,
         server_version,
+        partitions,
         counter: Counter::default(),
         deadline: options.stop.duration.map(|d| Instant::now() + d),
         interrupted: false,
@@ -246,6 +259,7 @@ struct Recording<'a, W: Write> {
     out: Option<W>,
     writer: Option<CaptureWriter<W>>,
     server_version: Option<String>,
+    partitions: Vec<crate::rules::PartitionOf>,
     counter: Counter,
     deadline: Option<Instant>,
     interrupted: bool,
@@ -307,12 +321,15 @@ impl<W: Write> Recording<'_, W> {
     }
 
     fn header(&self, progress: &Progress) -> Header {
-        header(
-            self.server_version.clone(),
-            self.options,
-            "live".into(),
-            progress.temporary_slot_start(),
-        )
+        Header {
+            partitions: self.partitions.clone(),
+            ..header(
+                self.server_version.clone(),
+                self.options,
+                "live".into(),
+                progress.temporary_slot_start(),
+            )
+        }
     }
 
     fn write(&mut self, message: &RawMessage, progress: &Progress) -> Result<(), RecordError> {

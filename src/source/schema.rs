@@ -191,3 +191,41 @@ async fn index_columns(
         .await?;
     Ok(idx.rows.iter().map(|r| column(&idx, r, "name")).collect())
 }
+
+/// Every partition of the database with its ancestors, nearest first
+/// (`pg_partition_ancestors`, PostgreSQL 12+; an older server answers with an error, which the
+/// caller reports). For captures and `dry-run --db`: the daemon looks partitions up one at a
+/// time as their changes arrive (`daemon::partitions`).
+pub async fn partition_map(conn: &mut ReplicationConnection) -> Result<Vec<crate::rules::PartitionOf>, ConnError> {
+    let result = conn
+        .simple_query(
+            "SELECT pn.nspname::text AS ps, pc.relname::text AS pt, n.nspname::text AS s, c.relname::text AS t \
+             FROM pg_catalog.pg_class pc \
+             JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
+             CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(pc.oid) WITH ORDINALITY AS a(relid, ord) \
+             JOIN pg_catalog.pg_class c ON c.oid = a.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE pc.relispartition AND pc.relkind IN ('r', 'p', 'f') AND a.relid <> pc.oid \
+             ORDER BY pn.nspname, pc.relname, a.ord",
+        )
+        .await?;
+    let mut out: Vec<crate::rules::PartitionOf> = Vec::new();
+    for row in &result.rows {
+        let partition = TableName {
+            schema: column(&result, row, "ps"),
+            name: column(&result, row, "pt"),
+        };
+        let ancestor = TableName {
+            schema: column(&result, row, "s"),
+            name: column(&result, row, "t"),
+        };
+        match out.last_mut() {
+            Some(last) if last.partition == partition => last.ancestors.push(ancestor),
+            _ => out.push(crate::rules::PartitionOf {
+                partition,
+                ancestors: vec![ancestor],
+            }),
+        }
+    }
+    Ok(out)
+}

@@ -125,6 +125,30 @@ impl Engine {
         self.compiled.clear();
     }
 
+    /// Maps every partition that has no rules of its own to its nearest ancestor with rules;
+    /// returns the pairs mapped.
+    pub fn map_partitions(&mut self, partitions: &[super::PartitionOf]) -> Vec<(super::TableName, super::TableName)> {
+        let mut mapped = Vec::new();
+        for p in partitions {
+            if !self
+                .rules()
+                .rules_for(&p.partition.schema, &p.partition.name)
+                .is_empty()
+            {
+                continue;
+            }
+            let parent = p
+                .ancestors
+                .iter()
+                .find(|a| !self.rules().rules_for(&a.schema, &a.name).is_empty());
+            if let Some(parent) = parent.cloned() {
+                self.set_partition_parent(p.partition.clone(), parent.clone());
+                mapped.push((p.partition.clone(), parent));
+            }
+        }
+        mapped
+    }
+
     /// Adds the actions of one change to `plan`.
     pub fn evaluate(&mut self, change: &Change, plan: &mut TxnPlan) {
         plan.changes += 1;

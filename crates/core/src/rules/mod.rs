@@ -24,10 +24,19 @@ pub use yaml::Pos;
 use crate::model::Op;
 
 /// A relation name: schema and table, both exact (case-sensitive).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct TableName {
     pub schema: String,
     pub name: String,
+}
+
+/// A partition and its ancestors, nearest first (from `pg_partition_ancestors`): a capture
+/// records them, and `dry-run --db` looks them up, so rules on a partitioned table apply to
+/// changes that name its partitions, as in the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionOf {
+    pub partition: TableName,
+    pub ancestors: Vec<TableName>,
 }
 
 impl TableName {

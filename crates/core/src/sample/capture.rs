@@ -42,6 +42,9 @@ pub struct Header {
     pub source: Option<String>,
     #[serde(default)]
     pub start_lsn: Option<String>,
+    /// The database's partitions and their ancestors when the capture was made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<crate::rules::PartitionOf>,
 }
 
 /// Writes a capture.
@@ -234,6 +237,10 @@ impl EventSource for CaptureReader {
 
     fn format(&self) -> InputFormat {
         InputFormat::Capture
+    }
+
+    fn partitions(&self) -> &[crate::rules::PartitionOf] {
+        &self.header.partitions
     }
 }
 

@@ -49,6 +49,10 @@ pub trait EventSource {
     /// offending record and can continue (`--keep-going`).
     fn next_event(&mut self) -> Result<Option<Event>, SampleError>;
     fn format(&self) -> InputFormat;
+    /// Partitions and their ancestors, when the sample says (a capture records them).
+    fn partitions(&self) -> &[crate::rules::PartitionOf] {
+        &[]
+    }
 }
 
 pub(crate) fn truncate(text: &str, max: usize) -> String {
