@@ -36,8 +36,10 @@ pub struct DryRunArgs {
     /// given, `rules.tag_prefix`, `rules.max_keys_per_transaction`).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// PostgreSQL URL: look up the database's partitions, so rules on a partitioned table apply
-    /// to changes that name its partitions (as the daemon does). A walbust capture records them.
+    /// PostgreSQL URL: look up the database's partitions (rules on a partitioned table then apply
+    /// to changes that name its partitions, as in the daemon; a walbust capture records them) and
+    /// replica identities (test_decoding and wal2json samples then plan as pgoutput: key columns,
+    /// NULLs left out of FULL old images).
     #[arg(long)]
     pub db: Option<String>,
 }
@@ -75,17 +77,23 @@ pub fn run(args: DryRunArgs) -> Result<ExitCode> {
             )?
         }
     };
-    let partitions = match &args.db {
+    let (partitions, tables) = match &args.db {
         Some(url) => super::runtime()?
             .block_on(async {
                 let options = crate::source::conn::ConnectOptions::parse(url)?;
                 let mut conn = crate::source::conn::ReplicationConnection::connect(&options).await?;
-                let map = crate::source::schema::partition_map(&mut conn).await;
+                let partitions = crate::source::schema::partition_map(&mut conn).await;
+                let tables = crate::source::schema::table_hints(&mut conn).await;
                 conn.close().await;
-                map
+                Ok::<_, crate::source::conn::ConnError>((partitions?, tables?))
             })
-            .with_context(|| format!("cannot read the partitions of {}", crate::config::redact_pg(url)))?,
-        None => Vec::new(),
+            .with_context(|| {
+                format!(
+                    "cannot read partitions and replica identities from {}",
+                    crate::config::redact_pg(url)
+                )
+            })?,
+        None => (Vec::new(), Vec::new()),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout);
@@ -104,6 +112,7 @@ pub fn run(args: DryRunArgs) -> Result<ExitCode> {
             None => Default::default(),
         },
         partitions,
+        tables,
     };
     let mut on_skip = |e: &sample::SampleError| eprintln!("skipped: {e}");
     let summary = dryrun::run(rules, source.as_mut(), &mut out, options, &mut on_skip).context("dry-run stopped")?;

@@ -147,9 +147,13 @@ async fn apply_loop(
             Err(_) => {
                 busy.send_replace(true);
                 let warn = context.metrics.redis_ok();
-                ping_all(&mut sinks, &context.metrics, warn).await;
+                let answered = ping_all(&mut sinks, &context.metrics, warn).await;
                 if !recover_rollbacks(&mut sinks, &context).await {
                     break;
+                }
+                if answered {
+                    // Each ping read the target's watermark back: nothing was lost until now.
+                    context.progress.confirm_targets();
                 }
                 continue;
             }
@@ -183,6 +187,8 @@ async fn apply_loop(
         if !recover_rollbacks(&mut sinks, &context).await {
             break;
         }
+        // Every target applied and was checked (its watermark, or its connection unbroken).
+        context.progress.confirm_targets();
         if let Some(end) = batch.last_end {
             context.progress.mark_applied_in(generation, end);
         }
@@ -194,8 +200,9 @@ async fn apply_loop(
 }
 
 /// Pings every sink; the result is what `/readyz` reports as reachability. Failures are
-/// logged at WARN when `warn` (at startup, and once per outage), else at DEBUG.
-async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics, warn: bool) {
+/// logged at WARN when `warn` (at startup, and once per outage), else at DEBUG. Returns whether
+/// every sink answered.
+async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics, warn: bool) -> bool {
     let mut all_answered = true;
     for sink in sinks.iter_mut() {
         if let Err(e) = sink.ping().await {
@@ -213,6 +220,7 @@ async fn ping_all(sinks: &mut [BoxSink], metrics: &Metrics, warn: bool) {
         metrics.redis_unreachable();
     }
     record_epoch_resets(sinks, metrics);
+    all_answered
 }
 
 /// Targets found holding less than they were sent (see `Sink::take_rollback`). Everything not

@@ -32,6 +32,8 @@ pub struct Options {
     /// Partitions and their ancestors (`dry-run --db`), added to what the sample records: rules
     /// on a partitioned table apply to its partitions' changes, as in the daemon.
     pub partitions: Vec<crate::rules::PartitionOf>,
+    /// Replica identities (`dry-run --db`): text samples then plan as pgoutput does.
+    pub tables: Vec<crate::sample::hints::TableHint>,
 }
 
 /// Totals over a sample; per-transaction arrays are counted after deduplication.
@@ -200,12 +202,20 @@ pub fn run(
     rules: Arc<RuleSet>,
     source: &mut dyn EventSource,
     out: &mut (dyn Write + Send),
-    options: Options,
+    mut options: Options,
     on_skip: &mut dyn FnMut(&SampleError),
 ) -> Result<Summary, DryRunError> {
     let mut planner = Planner::with_options(rules, options.explain, options.engine.clone());
     planner.engine_mut().map_partitions(source.partitions());
     planner.engine_mut().map_partitions(&options.partitions);
+    let tables = std::mem::take(&mut options.tables);
+    let mut hinted;
+    let source: &mut dyn EventSource = if tables.is_empty() {
+        source
+    } else {
+        hinted = crate::sample::hints::Hinted::new(source, &tables);
+        &mut hinted
+    };
     let keep_going = options.keep_going;
     let mut printer = Printer::new(out, options);
     let mut skipped_lines = 0;

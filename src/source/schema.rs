@@ -229,3 +229,39 @@ pub async fn partition_map(conn: &mut ReplicationConnection) -> Result<Vec<crate
     }
     Ok(out)
 }
+
+/// Every table's replica identity: its columns (primary key, or the identity index) and whether
+/// it is FULL — what `dry-run --db` tells text samples (see `walbust_core::sample::hints`).
+pub async fn table_hints(conn: &mut ReplicationConnection) -> Result<Vec<crate::sample::hints::TableHint>, ConnError> {
+    let result = conn
+        .simple_query(
+            "SELECT n.nspname::text AS s, c.relname::text AS t, c.relreplident::text AS ident, \
+             coalesce((SELECT string_agg(a.attname::text, E'\\x1f' ORDER BY a.attnum) \
+               FROM pg_catalog.pg_index i \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+               WHERE i.indrelid = c.oid \
+                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))), '') AS keys \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        )
+        .await?;
+    Ok(result
+        .rows
+        .iter()
+        .map(|row| {
+            let keys = column(&result, row, "keys");
+            crate::sample::hints::TableHint {
+                table: TableName {
+                    schema: column(&result, row, "s"),
+                    name: column(&result, row, "t"),
+                },
+                identity: keys
+                    .split('\u{1f}')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                full: column(&result, row, "ident") == "f",
+            }
+        })
+        .collect())
+}

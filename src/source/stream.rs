@@ -162,12 +162,20 @@ struct Window {
     applied: std::collections::VecDeque<(Instant, u64)>,
     /// The highest position applied at least `length` ago.
     durable: u64,
+    /// When every target last answered a round trip that would have shown a rollback (see
+    /// [`Progress::confirm_targets`]); `None` before the first.
+    confirmed: Option<Instant>,
 }
 
 impl Window {
     fn advance(&mut self, now: Instant) -> u64 {
+        // The window runs on confirmed time: a target that stopped answering (down, hanging, or
+        // restarting from an older snapshot) may still turn out to have lost what it was sent.
+        let Some(confirmed) = self.confirmed.map(|c| c.min(now)) else {
+            return self.durable;
+        };
         while let Some(&(at, lsn)) = self.applied.front() {
-            if now.saturating_duration_since(at) < self.length {
+            if confirmed.saturating_duration_since(at) < self.length {
                 break;
             }
             self.durable = self.durable.max(lsn);
@@ -188,6 +196,16 @@ impl Progress {
     fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
         // A panic while holding it leaves plain data behind: keep using it.
         self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every target answered a round trip that would have shown a rollback (a batch with its
+    /// watermark, or an idle check), and rollbacks were handled. A position becomes durable
+    /// only once a confirmation came `window` after it was applied: a target that is down or
+    /// hanging cannot say what it lost, and a clock that kept running would acknowledge
+    /// positions its crash may have taken (found with a Redis Cluster shard restored from a
+    /// snapshot while walbust waited on it for longer than the window).
+    pub fn confirm_targets(&self) {
+        self.lock_window().confirmed = Some(Instant::now());
     }
 
     /// Reports that everything up to `lsn` is applied (same as [`Stream::applied`]).
@@ -887,17 +905,20 @@ mod tests {
     fn applied_positions_are_acknowledgeable_only_after_the_durability_window() {
         let progress = Progress::with_durability_window(Duration::from_millis(200));
         progress.mark_applied(Lsn(100));
+        progress.confirm_targets();
         assert_eq!(progress.applied(), Lsn(100));
         assert_eq!(progress.acknowledgeable(), Lsn(0), "inside the window");
         std::thread::sleep(Duration::from_millis(120));
         progress.mark_applied(Lsn(200));
         std::thread::sleep(Duration::from_millis(100));
+        progress.confirm_targets();
         assert_eq!(
             progress.acknowledgeable(),
             Lsn(100),
             "the first is older than the window"
         );
         std::thread::sleep(Duration::from_millis(120));
+        progress.confirm_targets();
         assert_eq!(progress.acknowledgeable(), Lsn(200));
         // Zero window: at once.
         let at_once = Progress::default();
@@ -905,11 +926,31 @@ mod tests {
         assert_eq!(at_once.acknowledgeable(), Lsn(7));
     }
 
+    /// Regression (a Redis Cluster shard restored from a snapshot while walbust waited on it
+    /// for longer than the window): a position becomes durable only once the targets confirmed
+    /// `window` after it was applied.
+    #[test]
+    fn the_window_runs_on_confirmed_time() {
+        let progress = Progress::with_durability_window(Duration::from_millis(50));
+        progress.mark_applied(Lsn(100));
+        progress.confirm_targets();
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(progress.acknowledgeable(), Lsn(0), "no confirmation since");
+        progress.confirm_targets();
+        assert_eq!(progress.acknowledgeable(), Lsn(100));
+        progress.mark_applied(Lsn(200));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(progress.acknowledgeable(), Lsn(100), "the targets went quiet");
+        progress.confirm_targets();
+        assert_eq!(progress.acknowledgeable(), Lsn(200));
+    }
+
     #[test]
     fn a_rewind_forgets_unacknowledged_positions_and_batches_planned_before_it() {
         let progress = Progress::with_durability_window(Duration::from_millis(50));
         progress.mark_applied(Lsn(100));
         std::thread::sleep(Duration::from_millis(60));
+        progress.confirm_targets();
         let reported = progress.claim_report(|ack| ack);
         assert_eq!(reported, Lsn(100));
         progress.mark_applied(Lsn(300));
@@ -917,6 +958,7 @@ mod tests {
         assert_eq!(progress.rewind_for_replay(), Lsn(100));
         assert_eq!(progress.applied(), Lsn(100));
         std::thread::sleep(Duration::from_millis(60));
+        progress.confirm_targets();
         assert_eq!(progress.acknowledgeable(), Lsn(100), "300 was forgotten");
         // A batch planned before the rewind and applied after it does not count.
         assert!(!progress.mark_applied_in(generation, Lsn(400)));

@@ -484,6 +484,14 @@ fn lookup<'r>(row: &'r RowChange, image: Image, index: usize, name: &str) -> Res
         }
         Image::Old => {
             let Some(old) = &row.old else {
+                // An update without an old key tuple left its replica identity unchanged: a key
+                // column's old value is its new one (pgoutput marks key columns; so does
+                // wal2json's `identity`).
+                if row.op == Op::Update && row.relation.columns.get(index).is_some_and(|c| c.is_key) {
+                    if let Some(value) = row.new.as_ref().and_then(|new| known(&new[index])) {
+                        return Ok(value);
+                    }
+                }
                 return Err(match row.op {
                     Op::Insert => format!("`{{old.{name}}}`: an insert has no old row"),
                     Op::Update => format!(
@@ -637,6 +645,44 @@ rules:
         // {old.category_id} cannot render, old-new has no fallback → unrenderable
         assert_eq!(txn.unrenderable.len(), 1);
         assert_eq!(txn.unrenderable[0].rule, "old-new");
+    }
+
+    /// Regression (found by the cross-format property test): an UPDATE that sends no old key
+    /// kept its replica identity, so `{old.<key column>}` is the new value — wal2json (whose
+    /// `identity` always carries it) rendered it, pgoutput said "needs the old row".
+    #[test]
+    fn an_update_without_an_old_key_renders_old_key_columns_from_the_new_row() {
+        let mut columns: Vec<Column> = ["id", "category_id", "name", "price_cents", "description"]
+            .iter()
+            .map(|c| Column::named(*c))
+            .collect();
+        columns[0].is_key = true;
+        let keyed = Arc::new(Relation::new("public", "products", columns));
+        let rules = r#"
+version: 1
+rules:
+  - name: old-key
+    table: products
+    on: [update]
+    delete: ["old:{old.id}"]
+  - name: old-other
+    table: products
+    on: [update]
+    delete: ["cat:{old.category_id}"]
+"#;
+        let rules = Arc::new(load_str("r.yaml", rules).unwrap().rules);
+        let mut planner = crate::plan::Planner::new(rules, false);
+        planner.push(&crate::model::Event::Begin {
+            xid: Some(1),
+            final_lsn: None,
+        });
+        let new = vec![t("1"), t("7"), t("Mug"), t("100"), t("d")];
+        planner.push(&crate::model::Event::Change(row(&keyed, Op::Update, None, Some(new))));
+        let txn = planner.push(&crate::model::Event::Commit(Default::default())).unwrap();
+        assert_eq!(txn.delete, vec!["old:1"]);
+        // A column outside the identity still needs the old row.
+        assert_eq!(txn.unrenderable.len(), 1);
+        assert_eq!(txn.unrenderable[0].rule, "old-other");
     }
 
     /// Regression (issue: inputs, finding 6): an UPDATE of another column on a row whose

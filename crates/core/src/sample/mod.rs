@@ -5,6 +5,7 @@
 //! column lists they see (a new column list makes a new relation version, as ALTER TABLE does).
 
 pub mod capture;
+pub mod hints;
 mod source;
 pub mod test_decoding;
 pub mod wal2json;

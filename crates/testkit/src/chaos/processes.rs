@@ -103,7 +103,7 @@ const PROBE_RULES: &str = r#"
     on: [insert, update, truncate]
     delete: ["probe:r:{rev}"]
     fallback:
-      tags: ["probe-truncate"]
+      tags: ["{{pt}}"]
 "#;
 
 /// A walbust daemon process (`walbust run`), killable.

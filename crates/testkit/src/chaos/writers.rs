@@ -185,8 +185,10 @@ async fn commit_with_probes(
                 let key = format!("{}{probe}", mode.prefix());
                 pipe.set(&key, 1).ignore();
                 if probe.starts_with("probe:t:") {
-                    // The TRUNCATE fallback invalidates this tag.
-                    pipe.sadd(format!("{}tag:probe-truncate", mode.prefix()), &key).ignore();
+                    // The TRUNCATE fallback invalidates this tag. Probe and tag set share a hash
+                    // tag (`{pt}`): on a Cluster a shard that loses the set loses the probes with
+                    // it (see docs/consistency.md, tag memberships).
+                    pipe.sadd(format!("{}tag:{{pt}}", mode.prefix()), &key).ignore();
                 }
             }
         }
@@ -274,7 +276,7 @@ pub(super) async fn truncater(shared: Arc<Shared>, db_url: String, redis_spec: R
     }
 }
 
-/// The truncater's `n`th transaction: TRUNCATE and reseed, with one probe (`probe:t:<n>`).
+/// The truncater's `n`th transaction: TRUNCATE and reseed, with one probe (`probe:t:{pt}:<n>`).
 async fn truncate_once(
     db: &mut tokio_postgres::Client,
     redis: &mut RedisConnection,
@@ -289,7 +291,7 @@ async fn truncate_once(
         tx,
         redis,
         shared,
-        vec![format!("probe:t:{n}")],
+        vec![format!("probe:t:{{pt}}:{n}")],
         3 * RECS_PRODUCTS as u64,
         WriteKind::Truncate,
     )
