@@ -65,14 +65,11 @@ rules:
     delete: ["fchanged:{id}"]
 "#;
 
-/// Numerics; `specials`: NaN and ±Infinity too (which wal2json before 2.6 writes as null).
-fn numeric(specials: bool) -> BoxedStrategy<String> {
-    let finite = prop_oneof![
-        Just("NULL".to_string()),
-        (-1_000_000i64..1_000_000, 0u32..4).prop_map(|(v, scale)| format!("{v}e-{scale}")),
-    ];
+/// `finite`, and NaN and ±Infinity too when `specials` (which wal2json before 2.6 writes as
+/// null).
+fn with_specials(finite: BoxedStrategy<String>, specials: bool) -> BoxedStrategy<String> {
     if !specials {
-        return finite.boxed();
+        return finite;
     }
     prop_oneof![
         finite,
@@ -83,21 +80,20 @@ fn numeric(specials: bool) -> BoxedStrategy<String> {
     .boxed()
 }
 
+fn numeric(specials: bool) -> BoxedStrategy<String> {
+    let finite = prop_oneof![
+        Just("NULL".to_string()),
+        (-1_000_000i64..1_000_000, 0u32..4).prop_map(|(v, scale)| format!("{v}e-{scale}")),
+    ];
+    with_specials(finite.boxed(), specials)
+}
+
 fn float(specials: bool) -> BoxedStrategy<String> {
     let finite = prop_oneof![
         Just("NULL".to_string()),
         (-1000i32..1000).prop_map(|v| format!("{v}.25")),
     ];
-    if !specials {
-        return finite.boxed();
-    }
-    prop_oneof![
-        finite,
-        Just("'NaN'".to_string()),
-        Just("'Infinity'".to_string()),
-        Just("'-Infinity'".to_string()),
-    ]
-    .boxed()
+    with_specials(finite.boxed(), specials)
 }
 
 fn text() -> impl Strategy<Value = String> {

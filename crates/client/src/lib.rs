@@ -679,16 +679,12 @@ impl CacheClient {
             Ok(value) => value,
             Err(e) => {
                 // Let the next reader load at once rather than after the lease.
-                let mut release = self.scripts.lease_release.key(key);
-                release.arg(token);
-                let _: Option<i64> = guards.redis(release.invoke_async(&mut self.conn)).await;
+                self.release_lease(key, token).await;
                 return Err(e);
             }
         };
         if is_lease(&value) {
-            let mut release = self.scripts.lease_release.key(key);
-            release.arg(token);
-            let _: Option<i64> = guards.redis(release.invoke_async(&mut self.conn)).await;
+            self.release_lease(key, token).await;
             return Ok((value, Source::Uncached));
         }
         let mut fill = self.scripts.lease_fill.key(key);
@@ -701,6 +697,14 @@ impl CacheClient {
             }
             None => Ok((value, Source::Uncached)),
         }
+    }
+
+    /// Gives the lease on `key` back (while it is still this reader's).
+    async fn release_lease(&mut self, key: &str, token: &str) {
+        let mut release = self.scripts.lease_release.key(key);
+        release.arg(token);
+        let guards = self.guards.clone();
+        let _: Option<i64> = guards.redis(release.invoke_async(&mut self.conn)).await;
     }
 
     /// Plain cache-aside (no lease): read, load on a miss, fill.

@@ -74,6 +74,11 @@ impl Stats {
                 self.overloaded,
                 "reads refused: no load slot within load_wait",
             ),
+            (
+                "stale_serves",
+                self.stale_serves,
+                "reads served a stale-while-revalidate copy",
+            ),
         ];
         let mut out = String::new();
         for (name, value, help) in fields {
