@@ -3,9 +3,8 @@
 
 use super::readers::{cache_clients, Item, Mode, LIST_ITEM, MODES, PRODUCT_VALUE, RECS_ITEM};
 use super::report::ModeReport;
-use super::shared::{connect_db, Shared};
+use super::shared::{connect_db, Shared, RECS_PRODUCTS};
 use super::target::RedisSpec;
-use super::writers::RECS_PRODUCTS;
 use super::ChaosError;
 use crate::harness::PgInstance;
 use std::collections::{HashMap, HashSet};

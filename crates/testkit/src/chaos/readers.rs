@@ -2,9 +2,8 @@
 //! and how each is loaded from the database, the reader tasks, and the keyspace listener that
 //! timestamps every probe deletion.
 
-use super::shared::{connect_db, Rng, Shared};
+use super::shared::{connect_db, Rng, Shared, RECS_PRODUCTS};
 use super::target::RedisSpec;
-use super::writers::RECS_PRODUCTS;
 use super::{ChaosOptions, WorkloadError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

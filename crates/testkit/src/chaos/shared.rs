@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Products that have recommendations (ids 1..=RECS_PRODUCTS): what writers change and readers
+/// read.
+pub(super) const RECS_PRODUCTS: i64 = 40;
+
 /// xorshift64*: a deterministic, dependency-free generator for the workload.
 pub(super) struct Rng(u64);
 

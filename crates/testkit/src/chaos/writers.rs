@@ -3,7 +3,7 @@
 //! truncater, and the probes every write sets in Redis before its COMMIT.
 
 use super::readers::MODES;
-use super::shared::{connect_db, Rng, Shared};
+use super::shared::{connect_db, Rng, Shared, RECS_PRODUCTS};
 use super::target::{run_pipeline, RedisSpec};
 use super::{ChaosOptions, WorkloadError};
 use std::sync::atomic::Ordering;
@@ -24,8 +24,6 @@ pub(super) enum WriteKind {
 }
 
 pub(super) const WRITE_KINDS: [&str; 7] = ["price", "move", "insert", "delete", "recs", "bulk", "truncate"];
-
-pub(super) const RECS_PRODUCTS: i64 = 40;
 
 pub(super) fn reseed_recs_sql(products: i64) -> String {
     format!(
