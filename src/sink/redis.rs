@@ -238,6 +238,8 @@ pub struct RedisTarget {
     /// Redis Cluster: one watermark per primary, so any shard's rollback or empty restart is
     /// seen (refreshed from the topology on every new connection).
     shard_marks: Vec<ShardMark>,
+    /// Redis Cluster: which primary serves which slots, for one pipeline per node.
+    slot_owners: Vec<SlotOwner>,
     /// A rollback seen and not yet taken by the daemon.
     rollback: Option<Rollback>,
     /// Keys of the wrong type replaced, since the last [`Sink::take_wrong_types`].
@@ -331,6 +333,7 @@ impl RedisTarget {
             complete: None,
             in_target: None,
             shard_marks: Vec::new(),
+            slot_owners: Vec::new(),
             rollback: None,
             wrong_types: 0,
             wait: None,
@@ -950,6 +953,14 @@ struct ShardMark {
     in_target: Option<Lsn>,
 }
 
+/// A range of hash slots and the primary serving it.
+struct SlotOwner {
+    start: u16,
+    end: u16,
+    host: String,
+    port: u16,
+}
+
 /// A short hash tag whose key slot is `slot` (the first decimal number that lands there).
 pub fn tag_for_slot(slot: u16) -> String {
     (0u32..)
@@ -1112,50 +1123,68 @@ impl RedisTarget {
         Ok(())
     }
 
-    /// Reads the topology (`CLUSTER SLOTS`) and keeps one watermark key per primary, with a hash
-    /// tag in a slot it serves. Marks of primaries that remain keep what they know.
+    /// Reads the topology (`CLUSTER SLOTS`): which primary serves which slots (for one
+    /// pipeline per node), and one watermark key per primary, with a hash tag in a slot it
+    /// serves. Marks of primaries that remain keep what they know.
     async fn refresh_shards(&mut self, conn: redis::cluster_async::ClusterConnection) -> Result<(), RedisError> {
-        let Some(base) = self.watermark_key() else {
-            return Ok(());
-        };
         let mut c = conn;
         let r: redis::RedisResult<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await;
         self.round_trips += 1;
         let ranges = self.finish(r)?;
-        let mut primaries: Vec<(String, u16)> = Vec::new();
+        let mut owners: Vec<SlotOwner> = Vec::new();
         for range in ranges {
             let Ok(fields) = redis::from_redis_value::<Vec<redis::Value>>(range) else {
                 continue;
             };
             let mut fields = fields.into_iter();
-            let (Some(start), Some(_end), Some(primary)) = (fields.next(), fields.next(), fields.next()) else {
+            let (Some(start), Some(end), Some(primary)) = (fields.next(), fields.next(), fields.next()) else {
                 continue;
             };
-            let (Ok(start), Ok(primary)) = (
+            let (Ok(start), Ok(end), Ok(primary)) = (
                 redis::from_redis_value::<u16>(start),
+                redis::from_redis_value::<u16>(end),
                 redis::from_redis_value::<Vec<redis::Value>>(primary),
             ) else {
                 continue;
             };
-            let address: Vec<String> = primary
-                .into_iter()
-                .take(2)
-                .filter_map(|v| redis::from_redis_value::<String>(v).ok())
-                .collect();
-            let address = address.join(":");
-            if !primaries.iter().any(|(a, _)| *a == address) {
-                primaries.push((address, start));
+            let mut primary = primary.into_iter();
+            let (Some(Ok(host)), Some(Ok(port))) = (
+                primary.next().map(redis::from_redis_value::<String>),
+                primary.next().map(redis::from_redis_value::<u16>),
+            ) else {
+                continue;
+            };
+            owners.push(SlotOwner { start, end, host, port });
+        }
+        self.slot_owners = owners;
+        let Some(base) = self.watermark_key() else {
+            return Ok(());
+        };
+        let mut primaries: Vec<(&str, u16, u16)> = Vec::new();
+        for o in &self.slot_owners {
+            if !primaries.iter().any(|(h, p, _)| *h == o.host && *p == o.port) {
+                primaries.push((&o.host, o.port, o.start));
             }
         }
         let old = std::mem::take(&mut self.shard_marks);
-        for (_, slot) in primaries {
+        let mut marks = Vec::new();
+        for (_, _, slot) in primaries {
             let key = format!("{base}:{{{}}}", tag_for_slot(slot));
             let in_target = old.iter().find(|m| m.key == key).and_then(|m| m.in_target);
-            if !self.shard_marks.iter().any(|m| m.key == key) {
-                self.shard_marks.push(ShardMark { key, in_target });
+            if !marks.iter().any(|m: &ShardMark| m.key == key) {
+                marks.push(ShardMark { key, in_target });
             }
         }
+        self.shard_marks = marks;
         Ok(())
+    }
+
+    /// The primary serving `slot`, as last read from `CLUSTER SLOTS`.
+    fn owner(&self, slot: u16) -> Option<(&str, u16)> {
+        self.slot_owners
+            .iter()
+            .find(|o| o.start <= slot && slot <= o.end)
+            .map(|o| (o.host.as_str(), o.port))
     }
 
     /// The lowest watermark over the primaries (`Missing` when any has none).
@@ -1249,7 +1278,76 @@ impl RedisTarget {
         per_slot
     }
 
+    /// Runs per-slot pipelines as one pipeline per node (all at once): a node takes a pipeline
+    /// across the slots it serves. A node that answers with an error (MOVED after a resharding,
+    /// or anything else) gets its slots' pipelines again one by one through the cluster client,
+    /// which follows redirects, and the topology is read again. Slots of no known node go that
+    /// way directly.
     async fn run_pipelines(
+        &mut self,
+        conn: &redis::cluster_async::ClusterConnection,
+        pipelines: std::collections::HashMap<u16, redis::Pipeline>,
+    ) -> Result<(), RedisError> {
+        let mut per_node: std::collections::HashMap<(String, u16), Vec<(u16, redis::Pipeline)>> =
+            std::collections::HashMap::new();
+        let mut per_slot = std::collections::HashMap::new();
+        for (slot, pipe) in pipelines {
+            match self.owner(slot) {
+                Some((host, port)) => per_node.entry((host.to_string(), port)).or_default().push((slot, pipe)),
+                None => {
+                    per_slot.insert(slot, pipe);
+                }
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for ((host, port), slots) in per_node {
+            let mut merged = redis::pipe();
+            for (_, pipe) in &slots {
+                for cmd in pipe.cmd_iter() {
+                    merged.add_command(cmd.clone());
+                }
+            }
+            let count = merged.len();
+            let mut c = conn.clone();
+            tasks.spawn(async move {
+                let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port };
+                let reply = c.route_pipeline(merged, 0, count, route).await;
+                (slots, reply)
+            });
+            self.round_trips += 1;
+        }
+        let mut first_error = None;
+        let mut redirected = false;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(values))) if !values.iter().any(|v| matches!(v, redis::Value::ServerError(_))) => {}
+                // The node refused some of it (moved slots, …): those slots go through the
+                // cluster client, which follows redirects.
+                Ok((slots, Ok(_))) => {
+                    redirected = true;
+                    per_slot.extend(slots);
+                }
+                Ok((_, Err(e))) => first_error = first_error.or(Some(e)),
+                Err(e) => {
+                    first_error = first_error.or(Some(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "apply task failed",
+                        e.to_string(),
+                    ))))
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return self.finish(Err(e));
+        }
+        if redirected {
+            self.refresh_shards(conn.clone()).await?;
+        }
+        self.run_slot_pipelines(conn, per_slot).await
+    }
+
+    /// One pipeline per hash slot through the cluster client (it follows MOVED and ASK).
+    async fn run_slot_pipelines(
         &mut self,
         conn: &redis::cluster_async::ClusterConnection,
         pipelines: std::collections::HashMap<u16, redis::Pipeline>,
