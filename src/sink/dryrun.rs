@@ -158,7 +158,7 @@ impl Sink for Printer<'_> {
 /// A batch's merged actions, sorted, as one planned transaction for printing.
 fn merged(batch: &Batch) -> PlannedTxn {
     let actions = batch.merged();
-    let sorted = |set: &std::collections::HashSet<String>| {
+    let sorted = |set: &crate::rules::actions::KeySet| {
         let mut v: Vec<String> = set.iter().cloned().collect();
         v.sort_unstable();
         v

@@ -8,21 +8,21 @@
 
 use super::PlannedTxn;
 use crate::model::{Lsn, Timestamp};
-use std::collections::{HashMap, HashSet};
+use crate::rules::actions::{KeyMap, KeySet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The deduplicated actions of a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Actions {
-    pub delete: HashSet<String>,
+    pub delete: KeySet,
     /// Version key → the highest commit LSN that bumps it.
-    pub bump: HashMap<String, u64>,
+    pub bump: KeyMap<u64>,
     /// Tag set keys (`<prefix><tag_prefix><tag>`).
-    pub tags: HashSet<String>,
-    pub delete_matching: HashSet<String>,
+    pub tags: KeySet,
+    pub delete_matching: KeySet,
     /// Keys to delete again after a delay (`redelete_after`), longest delay kept.
-    pub redelete: HashMap<String, Duration>,
+    pub redelete: KeyMap<Duration>,
     /// `(channel, JSON payload)`, one per transaction and channel.
     pub publish: Vec<(String, String)>,
 }
@@ -57,7 +57,7 @@ impl Actions {
     /// Merges a transaction, copying the keys it does not have yet.
     fn merge(&mut self, txn: &PlannedTxn) {
         self.announce(txn);
-        let copy_new = |set: &mut HashSet<String>, keys: &[String]| {
+        let copy_new = |set: &mut KeySet, keys: &[String]| {
             for key in keys {
                 if !set.contains(key) {
                     set.insert(key.clone());

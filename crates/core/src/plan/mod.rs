@@ -7,7 +7,7 @@
 use crate::model::{CommitInfo, Event};
 use crate::rules::eval::{Engine, EngineOptions};
 use crate::rules::{ActionKind, RuleSet};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use crate::rules::actions::{Note, TxnPlan};
@@ -65,7 +65,7 @@ impl PlannedTxn {
 /// or when announcements carry them); `current` is left empty for the next one.
 fn take(current: &mut TxnPlan, commit: CommitInfo, rules: &RuleSet, sort: bool) -> PlannedTxn {
     let sort = sort || !current.publish.is_empty();
-    let sorted = |set: &mut HashSet<String>| {
+    let sorted = |set: &mut crate::rules::actions::KeySet| {
         let mut v: Vec<String> = set.drain().collect();
         if sort {
             v.sort_unstable();

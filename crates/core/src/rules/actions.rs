@@ -6,6 +6,15 @@ use super::ActionKind;
 use crate::model::Op;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+/// The hasher of the per-change key sets: keys are hashed several times per change (the
+/// transaction's set, then the batch's), and SipHash was a tenth of the daemon's CPU. foldhash
+/// is seeded per process, so crafted keys cannot be aimed at it.
+pub type FastState = foldhash::fast::RandomState;
+/// A set of rendered keys.
+pub type KeySet = HashSet<String, FastState>;
+/// Rendered keys to something.
+pub type KeyMap<V> = HashMap<String, V, FastState>;
+
 /// A fallback taken, or a change that could not be mapped at all.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Note {
@@ -19,21 +28,21 @@ pub struct Note {
 #[derive(Debug, Default)]
 pub struct TxnPlan {
     pub changes: u64,
-    pub delete: HashSet<String>,
-    pub bump: HashSet<String>,
-    pub tags: HashSet<String>,
+    pub delete: KeySet,
+    pub bump: KeySet,
+    pub tags: KeySet,
     /// Redis set keys of the tags (`<prefix><tag_prefix><tag>`).
-    pub tag_keys: HashSet<String>,
-    pub delete_matching: HashSet<String>,
+    pub tag_keys: KeySet,
+    pub delete_matching: KeySet,
     pub publish: BTreeSet<String>,
     pub fallbacks: BTreeSet<Note>,
     pub unrenderable: BTreeSet<Note>,
     /// Deleted keys to delete again after a delay (rules with `redelete_after`).
-    pub redelete: HashMap<String, std::time::Duration>,
+    pub redelete: KeyMap<std::time::Duration>,
     /// Distinct keys added per rule in this transaction (for the fan-out breaker).
-    pub(crate) rule_keys: HashMap<usize, usize>,
+    pub(crate) rule_keys: HashMap<usize, usize, FastState>,
     /// Rules that exceeded the fan-out limit in this transaction (their fallback applies).
-    pub(crate) escalated: HashSet<usize>,
+    pub(crate) escalated: HashSet<usize, FastState>,
     /// Which rules produced each action, when explaining.
     pub(crate) explain: Option<HashMap<(ActionKind, String), BTreeSet<usize>>>,
 }
@@ -46,7 +55,7 @@ impl TxnPlan {
         }
     }
 
-    fn set(&mut self, kind: ActionKind) -> &mut HashSet<String> {
+    fn set(&mut self, kind: ActionKind) -> &mut KeySet {
         match kind {
             ActionKind::Delete => &mut self.delete,
             ActionKind::Bump => &mut self.bump,
