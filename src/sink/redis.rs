@@ -1156,6 +1156,8 @@ impl RedisTarget {
             };
             owners.push(SlotOwner { start, end, host, port });
         }
+        // Sorted by first slot: `owner` looks a slot up by binary search (once per slot of a batch).
+        owners.sort_by_key(|o| o.start);
         self.slot_owners = owners;
         let Some(base) = self.watermark_key() else {
             return Ok(());
@@ -1181,10 +1183,9 @@ impl RedisTarget {
 
     /// The primary serving `slot`, as last read from `CLUSTER SLOTS`.
     fn owner(&self, slot: u16) -> Option<(&str, u16)> {
-        self.slot_owners
-            .iter()
-            .find(|o| o.start <= slot && slot <= o.end)
-            .map(|o| (o.host.as_str(), o.port))
+        let after = self.slot_owners.partition_point(|o| o.start <= slot);
+        let o = self.slot_owners.get(after.checked_sub(1)?)?;
+        (slot <= o.end).then_some((o.host.as_str(), o.port))
     }
 
     /// The lowest watermark over the primaries (`Missing` when any has none).
@@ -1390,6 +1391,26 @@ mod tests {
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_ne!(key_slot(b"a"), key_slot(b"b"));
+    }
+
+    #[test]
+    fn a_slot_is_found_in_its_range_and_a_gap_has_no_owner() {
+        let mut target = RedisTarget::with_mode("redis://127.0.0.1:1", true, DeleteCommand::Unlink, "tag:").unwrap();
+        let owner = |start, end, port| SlotOwner {
+            start,
+            end,
+            host: "10.0.0.1".into(),
+            port,
+        };
+        // Out of order, as CLUSTER SLOTS may list them; 6000..=6999 served by nobody.
+        let mut owners = vec![owner(7000, 16383, 3), owner(0, 5460, 1), owner(5461, 5999, 2)];
+        owners.sort_by_key(|o| o.start);
+        target.slot_owners = owners;
+        assert_eq!(target.owner(0), Some(("10.0.0.1", 1)));
+        assert_eq!(target.owner(5460), Some(("10.0.0.1", 1)));
+        assert_eq!(target.owner(5461), Some(("10.0.0.1", 2)));
+        assert_eq!(target.owner(6500), None);
+        assert_eq!(target.owner(16383), Some(("10.0.0.1", 3)));
     }
 
     #[test]
