@@ -120,13 +120,7 @@ fn stream_across_a_dropped_slot(pg: &PgInstance, c: &mut redis::Connection) -> i
     pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
     wait_until("first insert", || version(c, "t:ver:product:1").is_some());
     let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
-    wait_until("slot dropped", || {
-        let _ = pg.psql(
-            "app",
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
-        );
-        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
-    });
+    drop_slot_under_the_daemon(pg);
     // Bumped before the slot is recreated and again after (the second covers what committed
     // in between); the gap mark is cleared last.
     wait_until("epoch bumped", || {
@@ -136,6 +130,17 @@ fn stream_across_a_dropped_slot(pg: &PgInstance, c: &mut redis::Connection) -> i
     pg.psql("app", "INSERT INTO products VALUES (2, 1, 'b')").unwrap();
     wait_until("insert after the gap", || version(c, "t:ver:product:2").is_some());
     epoch
+}
+
+/// Drops the slot under a streaming daemon: its walsender is terminated until the drop succeeds.
+fn drop_slot_under_the_daemon(pg: &PgInstance) {
+    wait_until("slot dropped", || {
+        let _ = pg.psql(
+            "app",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
+        );
+        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
+    });
 }
 
 fn version(c: &mut redis::Connection, key: &str) -> Option<u64> {
@@ -665,13 +670,7 @@ async fn a_slot_dropped_on_a_quiet_database_is_a_gap() {
             .is_ok_and(|n| n.trim() == "1")
     });
     let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap_or(0);
-    wait_until("slot dropped", || {
-        let _ = pg.psql(
-            "app",
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
-        );
-        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
-    });
+    drop_slot_under_the_daemon(&pg);
     wait_until("epoch moved", || {
         c.get::<_, Option<i64>>("walbust:epoch").unwrap() > Some(epoch)
     });
@@ -795,13 +794,7 @@ fn crash_inside_gap_recovery_at(step: &str, bumped_before_the_crash: bool) {
     pg.psql("app", "INSERT INTO products VALUES (1, 1, 'a')").unwrap();
     wait_until("first insert", || version(&mut c, "t:ver:product:1").is_some());
     let epoch: i64 = c.get::<_, Option<i64>>("walbust:epoch").unwrap().unwrap();
-    wait_until("slot dropped", || {
-        let _ = pg.psql(
-            "app",
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active",
-        );
-        pg.psql("app", "SELECT pg_drop_replication_slot('walbust')").is_ok()
-    });
+    drop_slot_under_the_daemon(&pg);
     let status = wait_for_exit(&mut first, &dir.path().join("first.log"));
     assert_eq!(status.code(), Some(86), "log:\n{}", log("first.log"));
     // Stopped inside the recovery: the mark is there.

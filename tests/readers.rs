@@ -71,6 +71,14 @@ fn start_daemon(pg: &PgInstance, redis: RedisConfig) -> (tokio::sync::oneshot::S
     (stop_tx, rules)
 }
 
+/// The daemon's target for one redis-server.
+fn redis_target(redis: &RedisInstance) -> RedisConfig {
+    RedisConfig {
+        url: redis.url(),
+        ..RedisConfig::default()
+    }
+}
+
 async fn db(pg: &PgInstance) -> Arc<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
         .await
@@ -221,13 +229,7 @@ async fn bump_epoch_through_a_gap(pg: &PgInstance, redis: &mut redis::aio::Multi
 async fn one_load_per_key_after_an_epoch_bump_and_never_older_than_the_last_invalidation() {
     let pg = pg();
     let redis = RedisInstance::start().unwrap();
-    let (_stop, _rules) = start_daemon(
-        &pg,
-        RedisConfig {
-            url: redis.url(),
-            ..RedisConfig::default()
-        },
-    );
+    let (_stop, _rules) = start_daemon(&pg, redis_target(&redis));
     let mut raw = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -515,13 +517,7 @@ async fn reads_fall_through_within_their_deadline_when_redis_stops() {
 async fn a_fill_racing_an_invalidation_is_dropped_and_waiters_share_one_load() {
     let pg = pg();
     let redis = RedisInstance::start().unwrap();
-    let (_stop, _rules) = start_daemon(
-        &pg,
-        RedisConfig {
-            url: redis.url(),
-            ..RedisConfig::default()
-        },
-    );
+    let (_stop, _rules) = start_daemon(&pg, redis_target(&redis));
     let db = db(&pg).await;
     let loads = Loads::new();
     let mut client = CacheClient::connect(&redis.url(), "r:").await.unwrap();
@@ -687,4 +683,53 @@ async fn futures_join<T: Send + 'static>(
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Single-flight alone (leases off): 50 tasks of one process reading one missing key never run
+/// two loads of it at once, and most of them are served the one load they joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_never_loads_a_key_twice_at_once() {
+    let pg = pg();
+    let redis = RedisInstance::start().unwrap();
+    let db = db(&pg).await;
+    let loads = Loads::new();
+    let client = CacheClient::connect(&redis.url(), "r:")
+        .await
+        .unwrap()
+        .with_options(ReadOptions {
+            lease: None,
+            ..ReadOptions::default()
+        });
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (mut client, db, loads, barrier) = (client.clone(), db.clone(), loads.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let entry = Entry {
+                key: "plain:1",
+                versions: &[],
+                tags: &[],
+            };
+            client
+                .get_or_load(&entry, || loads.load(&db, 1, Duration::from_millis(20)))
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, "1:1");
+    }
+    let stats = client.stats();
+    assert_eq!(
+        loads.most_at_once.load(Ordering::SeqCst),
+        1,
+        "never two loads at once: {stats:?}"
+    );
+    assert!(
+        loads.counts()[0] <= 2,
+        "{} loads for 50 readers: {stats:?}",
+        loads.counts()[0]
+    );
+    assert!(stats.single_flight_joins >= 40, "{stats:?}");
 }
