@@ -34,6 +34,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// lost) with margin. See docs/consistency.md for sizing against RDB `save` intervals.
 pub const DEFAULT_DURABILITY_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `redis[].feed_maxlen`: entries the invalidation feed keeps (about).
+pub const DEFAULT_FEED_MAXLEN: u64 = walbust_client::feed::DEFAULT_FEED_MAXLEN;
 pub const DEFAULT_DECODING_WORK_MEM: &str = "1MB";
 /// Off: a streamed transaction's keys must be held until its commit (it may still abort), so
 /// with every key applied memory grows with the transaction, where protocol 1 applies a
@@ -227,6 +229,18 @@ pub struct RedisConfig {
     /// applied again.
     #[serde(default = "default_wait_timeout", with = "duration_text")]
     pub wait_timeout: Duration,
+    /// Append every applied batch's keys to this Redis Stream, the invalidation feed that
+    /// in-process caches follow (`walbust_client::LocalCache`); empty: no feed.
+    #[serde(default)]
+    pub feed: String,
+    /// Entries the feed keeps, approximately (`XADD … MAXLEN ~`); a follower that falls further
+    /// behind flushes.
+    #[serde(default = "default_feed_maxlen")]
+    pub feed_maxlen: u64,
+}
+
+fn default_feed_maxlen() -> u64 {
+    DEFAULT_FEED_MAXLEN
 }
 
 fn default_wait_timeout() -> Duration {
@@ -241,6 +255,8 @@ impl Default for RedisConfig {
             ca_cert: None,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            feed: String::new(),
+            feed_maxlen: DEFAULT_FEED_MAXLEN,
         }
     }
 }
@@ -555,6 +571,12 @@ impl Config {
                 return Err(invalid(
                     &format!("redis[{i}].wait_timeout"),
                     "must be longer than zero when wait_replicas is set (WAIT 0 blocks forever), e.g. 1s",
+                ));
+            }
+            if !r.feed.is_empty() && r.feed_maxlen == 0 {
+                return Err(invalid(
+                    &format!("redis[{i}].feed_maxlen"),
+                    "must be at least 1 (entries the feed keeps), e.g. 100000",
                 ));
             }
             if let Some(path) = &r.ca_cert {
