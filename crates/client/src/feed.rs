@@ -156,7 +156,7 @@ pub fn entries<'a>(
     if let Some(last) = out.last_mut() {
         last.lsn = lsn;
     }
-    out.retain(|e| e.len() > 0 || e.lsn.is_some());
+    out.retain(|e| !e.is_empty() || e.lsn.is_some());
     out
 }
 
