@@ -34,6 +34,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// lost) with margin. See docs/consistency.md for sizing against RDB `save` intervals.
 pub const DEFAULT_DURABILITY_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `memcached[].timeout`: one round trip at most.
+pub const DEFAULT_MEMCACHED_TIMEOUT: Duration = Duration::from_secs(2);
 /// `redis[].feed_maxlen`: entries the invalidation feed keeps (about).
 pub const DEFAULT_FEED_MAXLEN: u64 = walbust_client::feed::DEFAULT_FEED_MAXLEN;
 pub const DEFAULT_DECODING_WORK_MEM: &str = "1MB";
@@ -271,6 +273,30 @@ impl RedisConfig {
     }
 }
 
+/// One memcached server (a pool: one entry per server; each gets every delete).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemcachedConfig {
+    /// `host:port` (`memcached://host:port` accepted).
+    pub addr: String,
+    /// One round trip at most; past it the batch is applied again.
+    #[serde(default = "default_memcached_timeout", with = "duration_text")]
+    pub timeout: Duration,
+}
+
+fn default_memcached_timeout() -> Duration {
+    DEFAULT_MEMCACHED_TIMEOUT
+}
+
+impl MemcachedConfig {
+    pub fn addr(addr: impl Into<String>) -> MemcachedConfig {
+        MemcachedConfig {
+            addr: addr.into(),
+            timeout: DEFAULT_MEMCACHED_TIMEOUT,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -297,6 +323,7 @@ pub struct Config {
     pub rules: RulesConfig,
     pub apply: ApplyConfig,
     pub redis: Vec<RedisConfig>,
+    pub memcached: Vec<MemcachedConfig>,
     pub http: HttpConfig,
     #[serde(with = "duration_text")]
     pub shutdown_timeout: Duration,
@@ -309,6 +336,7 @@ impl Default for Config {
             rules: RulesConfig::default(),
             apply: ApplyConfig::default(),
             redis: Vec::new(),
+            memcached: Vec::new(),
             http: HttpConfig::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
@@ -327,10 +355,35 @@ impl fmt::Debug for Config {
                 "redis",
                 &self.redis.iter().map(|r| redact_url(&r.url)).collect::<Vec<_>>(),
             )
+            .field("memcached", &self.memcached)
             .field("http", &self.http)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
     }
+}
+
+/// Rules the configured targets cannot perform (tags or patterns on memcached): `(target
+/// field, findings)` per target, for `check --config` and the start.
+pub fn target_notes(config: &Config, rules: &RuleSet) -> Vec<(String, String)> {
+    let cannot = walbust_core::rules::check::TargetCapabilities {
+        tags: false,
+        patterns: false,
+    };
+    config
+        .memcached
+        .iter()
+        .enumerate()
+        .filter_map(|(i, _)| {
+            let field = format!("memcached[{i}]");
+            let notes = walbust_core::rules::check::target_notes(rules, &field, cannot);
+            (!notes.is_empty()).then(|| {
+                (
+                    field,
+                    notes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// A connection string with its password replaced.
@@ -552,11 +605,29 @@ impl Config {
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        if self.redis.is_empty() {
+        if self.redis.is_empty() && self.memcached.is_empty() {
             return Err(invalid(
                 "redis",
-                "no Redis target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis)",
+                "no target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis), or a [[memcached]] table with addr = \"host:11211\"",
             ));
+        }
+        for (i, m) in self.memcached.iter().enumerate() {
+            let addr = m.addr.trim_start_matches("memcached://").trim_end_matches('/');
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(invalid(
+                    &format!("memcached[{i}].addr"),
+                    format!("`{}` is not host:port; write e.g. addr = \"127.0.0.1:11211\"", m.addr),
+                ));
+            }
+            if m.timeout.is_zero() {
+                return Err(invalid(
+                    &format!("memcached[{i}].timeout"),
+                    "must be longer than zero, e.g. 2s",
+                ));
+            }
         }
         let is_redis_url =
             |u: &str| u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://");
@@ -596,8 +667,19 @@ impl Config {
 }
 
 impl Validated {
+    /// Rules some target cannot perform: `(target field, the findings)` per such target.
+    pub fn target_notes(&self, rules: &RuleSet) -> Vec<(String, String)> {
+        target_notes(&self.config, rules)
+    }
+
     /// The checks that need the loaded rules as well as the configuration.
     pub fn check_rules(&self, rules: &RuleSet) -> Result<(), ConfigError> {
+        if let Some(notes) = self.target_notes(rules).into_iter().next() {
+            return Err(ConfigError::Invalid {
+                field: notes.0,
+                message: notes.1,
+            });
+        }
         let patterns = rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty());
         match self.redis.iter().position(|r| r.cluster) {
             Some(i) if patterns => Err(invalid(

@@ -268,7 +268,9 @@ async fn a_node_disconnected_across_a_trim_flushes_and_serves_nothing_meanwhile(
         }
     }
     // Both read a first invalidation, so B's position is an entry of the feed.
-    db.execute("UPDATE items SET grp = grp WHERE id = 1", &[]).await.unwrap();
+    db.execute("UPDATE items SET grp = grp WHERE id = 1", &[])
+        .await
+        .unwrap();
     let at = feed_has(&mut raw, "r:ver:item:1", StreamId::ZERO).await;
     caught_up(&b, at).await;
     read(&b, &db, 1).await;

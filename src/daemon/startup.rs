@@ -92,5 +92,12 @@ pub fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, Dae
             targets.redelete.push(redelete);
         }
     }
+    for m in &cfg.memcached {
+        targets
+            .sinks
+            .push(Box::new(crate::sink::memcached::MemcachedTarget::new(
+                &m.addr, m.timeout,
+            )));
+    }
     Ok(targets)
 }

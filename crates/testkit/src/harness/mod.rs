@@ -8,10 +8,12 @@
 //! the free ports and the helpers they share, and [`peak_rss_mb`] for benchmarks.
 
 mod certs;
+mod memcached;
 mod postgres;
 mod redis;
 
 pub use self::certs::make_test_certs;
+pub use self::memcached::MemcachedInstance;
 pub use self::postgres::{PgInstance, PgOptions};
 pub use self::redis::{RedisCluster, RedisInstance};
 
@@ -26,6 +28,8 @@ pub enum HarnessError {
     PgMissing,
     #[error("redis-server not found on PATH; install it with `apt-get install -y redis-server`")]
     RedisMissing,
+    #[error("memcached not found on PATH; install it with `apt-get install -y memcached`")]
+    MemcachedMissing,
     #[error("running as root, but there is no `postgres` OS user to run PostgreSQL as (PostgreSQL refuses root); install the postgresql package or run as another user")]
     NoPostgresUser,
     #[error("{what} failed: {detail}")]
