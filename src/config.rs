@@ -6,6 +6,7 @@
 
 use crate::rules::load::parse_duration;
 use crate::rules::RuleSet;
+use crate::sink::http::{PatternPolicy, PurgeConfig};
 use crate::sink::redis::{redact_url, DeleteCommand};
 use crate::source::conn::ConnectOptions;
 use serde::Deserialize;
@@ -66,7 +67,7 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Durations in the configuration file, written as in the rules (`500ms`, `10s`, `1.5s`, `1m`).
-mod duration_text {
+pub(crate) mod duration_text {
     use super::parse_duration;
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -281,6 +282,8 @@ pub struct Config {
     pub rules: RulesConfig,
     pub apply: ApplyConfig,
     pub redis: Vec<RedisConfig>,
+    /// HTTP caches and CDNs purged by surrogate key (`[[purge]]`, see `sink::http`).
+    pub purge: Vec<PurgeConfig>,
     pub http: HttpConfig,
     #[serde(with = "duration_text")]
     pub shutdown_timeout: Duration,
@@ -293,6 +296,7 @@ impl Default for Config {
             rules: RulesConfig::default(),
             apply: ApplyConfig::default(),
             redis: Vec::new(),
+            purge: Vec::new(),
             http: HttpConfig::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
@@ -311,6 +315,7 @@ impl fmt::Debug for Config {
                 "redis",
                 &self.redis.iter().map(|r| redact_url(&r.url)).collect::<Vec<_>>(),
             )
+            .field("purge", &self.purge)
             .field("http", &self.http)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
@@ -511,6 +516,9 @@ impl Config {
             }
         }
         self.validate_redis()?;
+        for (i, p) in self.purge.iter().enumerate() {
+            p.validate(i)?;
+        }
         for (field, value) in [
             ("apply.max_batch_actions", self.apply.max_batch_actions),
             ("apply.buffer_batches", self.apply.buffer_batches),
@@ -536,10 +544,10 @@ impl Config {
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        if self.redis.is_empty() {
+        if self.redis.is_empty() && self.purge.is_empty() {
             return Err(invalid(
                 "redis",
-                "no Redis target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis)",
+                "no target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis), a [[memcached]] table, or a [[purge]] table for an HTTP cache or CDN",
             ));
         }
         let is_redis_url =
@@ -577,6 +585,18 @@ impl Validated {
     /// The checks that need the loaded rules as well as the configuration.
     pub fn check_rules(&self, rules: &RuleSet) -> Result<(), ConfigError> {
         let patterns = rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty());
+        if let Some(i) = self
+            .purge
+            .iter()
+            .position(|p| p.delete_matching == PatternPolicy::Refuse)
+        {
+            if patterns {
+                return Err(invalid(
+                    &format!("purge[{i}].delete_matching"),
+                    "rules use delete_matching, and a pattern has no surrogate key: replace those patterns with tags, or set delete_matching = \"purge_all\" on this target to purge everything for every batch with a pattern",
+                ));
+            }
+        }
         match self.redis.iter().position(|r| r.cluster) {
             Some(i) if patterns => Err(invalid(
                 &format!("redis[{i}]"),
@@ -632,6 +652,41 @@ mod tests {
         c.postgres.status_interval = DEFAULT_STATUS_INTERVAL;
         c.redis.clear();
         assert!(c.validate().err().unwrap().to_string().starts_with("redis:"));
+    }
+
+    #[test]
+    fn a_config_with_only_purge_targets_is_valid_and_patterns_are_refused_unless_purged_all() {
+        let text = "[postgres]\nurl = \"postgres://h/db\"\n[[purge]]\nkind = \"cloudflare\"\nurl = \"https://api.cloudflare.com/client/v4/zones/Z/purge_cache\"\ntoken_env = \"CF_TOKEN\"\ncoalesce = \"5ms\"\nrate_limit = 0.5\n";
+        let c = Config::parse(Path::new("w.toml"), text).unwrap();
+        let v = c.clone().validate().unwrap();
+        assert_eq!(v.purge[0].max_keys_per_request(), 100);
+        assert_eq!(v.purge[0].coalesce, Duration::from_millis(5));
+        assert!(format!("{v:?}").contains("CF_TOKEN"));
+        let rules = crate::rules::load_str(
+            "r.yaml",
+            "version: 1\nrules:\n  - name: p\n    table: products\n    delete_matching: [\"search:*\"]\n",
+        )
+        .unwrap()
+        .rules;
+        let err = v.check_rules(&rules).unwrap_err().to_string();
+        assert!(err.starts_with("purge[0].delete_matching:"), "{err}");
+        let mut c = c;
+        c.purge[0].delete_matching = PatternPolicy::PurgeAll;
+        c.clone().validate().unwrap().check_rules(&rules).unwrap();
+        c.purge.clear();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("[[redis]]") && err.contains("[[purge]]") && err.contains("[[memcached]]"),
+            "{err}"
+        );
+        let err = Config::parse(
+            Path::new("w.toml"),
+            "[[purge]]\nkind = \"akamai\"\nurl = \"http://x/\"\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("akamai") && err.contains("xkey"), "{err}");
     }
 
     #[test]

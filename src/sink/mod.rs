@@ -1,5 +1,5 @@
-//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), the dry-run
-//! printer ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
+//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), HTTP caches and
+//! CDNs purged by surrogate key ([`http`]), the dry-run printer ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
 //!
 //! # The delivery contract
 //!
@@ -30,6 +30,7 @@
 //! `daemon::targets`, and test it against the real service (see docs/architecture.md).
 
 pub mod dryrun;
+pub mod http;
 pub mod redis;
 
 pub use walbust_core::model::{Lsn, Origin};
@@ -46,6 +47,8 @@ pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> +
 pub enum SinkError {
     #[error(transparent)]
     Redis(#[from] self::redis::RedisError),
+    #[error(transparent)]
+    Http(#[from] self::http::HttpError),
     #[error("cannot write: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -81,6 +84,7 @@ impl SinkError {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkError::Redis(e) => e.kind(),
+            SinkError::Http(e) => e.kind(),
             SinkError::Io(_) => "io",
         }
     }
