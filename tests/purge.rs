@@ -420,10 +420,67 @@ async fn cloudflare_purges_by_tag_and_a_401_is_a_permission_error() {
     });
     wait_until("not ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 503"));
     assert!(confirmed(&pg) < after, "nothing acknowledged");
-    // A 401 is not retried within the batch: one request per daemon retry.
+    // The refused requests reached the service (and nothing behind them was acknowledged).
     let refused = listener.seen().iter().filter(|s| s.answered == 401).count();
     assert!(refused >= 1);
     listener.answer_with(200);
     wait_until("acknowledged once the token is fixed", || confirmed(&pg) >= after);
     stop(stop_tx, daemon).await;
+}
+
+fn batch_of(keys: &[&str]) -> walbust::sink::Batch {
+    let mut batch = walbust::sink::Batch::default();
+    batch.add(&walbust::plan::PlannedTxn {
+        commit: Default::default(),
+        changes: 1,
+        delete: keys.iter().map(|k| k.to_string()).collect(),
+        bump: vec![],
+        tags: vec![],
+        tag_keys: vec![],
+        redelete: vec![],
+        delete_matching: vec![],
+        publish: vec![],
+        fallbacks: vec![],
+        unrenderable: vec![],
+        explain: None,
+    });
+    batch
+}
+
+#[tokio::test]
+async fn rounds_are_spaced_by_coalesce_and_requests_by_the_rate_limit() {
+    let listener = Listener::start();
+    let url = format!("http://127.0.0.1:{}/service/S/purge", listener.port);
+    let mut config = PurgeConfig::new(PurgeKind::Fastly, url);
+    config.token_env = Some("UNUSED".into());
+    config.coalesce = Duration::from_millis(400);
+    config.rate_limit = Some(0.0);
+    let rules = walbust::rules::RuleSet::default();
+    let mut target = PurgeTarget::new(0, &config, Some("t".into()), &rules, "tag:").unwrap();
+    let started = Instant::now();
+    target.apply(&batch_of(&["a"])).await.unwrap();
+    target.apply(&batch_of(&["b"])).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 5 requests per second, bursts of 5: 7 requests take at least 2/5 s.
+    config.coalesce = Duration::ZERO;
+    config.rate_limit = Some(5.0);
+    config.max_keys_per_request = Some(1);
+    let mut target = PurgeTarget::new(0, &config, Some("t".into()), &rules, "tag:").unwrap();
+    let started = Instant::now();
+    target
+        .apply(&batch_of(&["1", "2", "3", "4", "5", "6", "7"]))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(380),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(target.take_round_trips(), 7);
+    assert_eq!(listener.seen().len(), 9);
 }

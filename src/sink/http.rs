@@ -841,7 +841,8 @@ impl PurgeTarget {
         if !keep {
             self.conn = None;
         }
-        if status.is_success() {
+        // Cloudflare's API can say `"success": false` in a 2xx; anything else that is 2xx purged.
+        if status.is_success() && !(self.kind == PurgeKind::Cloudflare && reports_failure(&body)) {
             return (Ok(()), None);
         }
         let text: String = String::from_utf8_lossy(&body).chars().take(ERROR_BODY_CHARS).collect();
@@ -871,7 +872,9 @@ impl PurgeTarget {
                 concat!("walbust/", env!("CARGO_PKG_VERSION")),
             );
         for (name, value) in &request.headers {
-            let value = hyper::header::HeaderValue::from_str(value).map_err(|_| bad(value))?;
+            // Bytes, not visible ASCII only: keys rendered from UTF-8 text go as the origin
+            // sends them in its own header (Varnish compares bytes).
+            let value = hyper::header::HeaderValue::from_bytes(value.as_bytes()).map_err(|_| bad(value))?;
             builder = builder.header(name.as_str(), value);
         }
         builder
@@ -946,6 +949,12 @@ impl PurgeTarget {
             }
         }
     }
+}
+
+/// A JSON answer with `"success": false`.
+fn reports_failure(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("success") == Some(&serde_json::Value::Bool(false)))
 }
 
 /// TLS with the system's roots and rustls's ring provider (as for PostgreSQL).
@@ -1140,6 +1149,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("purge[0].token_env:"));
+    }
+
+    #[test]
+    fn cloudflare_success_false_is_a_failure_and_utf8_keys_go_as_bytes() {
+        assert!(reports_failure(br#"{"success":false,"errors":[{"code":1134}]}"#));
+        assert!(!reports_failure(br#"{"success":true}"#));
+        assert!(!reports_failure(b"Invalidated 0 objects"));
+        let t = target(PurgeKind::Xkey, "http://127.0.0.1:6081/", |_| {});
+        let requests = t.requests(&actions(&["café:1"], &[], &[])).unwrap();
+        let built = t.build(&requests[0]).unwrap();
+        assert_eq!(built.headers()["xkey"].as_bytes(), "café:1".as_bytes());
+        assert_eq!(built.headers()["host"], "127.0.0.1:6081");
+        assert_eq!(built.method(), "PURGE");
     }
 
     #[test]
