@@ -484,3 +484,22 @@ async fn rounds_are_spaced_by_coalesce_and_requests_by_the_rate_limit() {
     assert_eq!(target.take_round_trips(), 7);
     assert_eq!(listener.seen().len(), 9);
 }
+
+#[tokio::test]
+async fn a_missing_token_refuses_the_start_naming_the_field() {
+    let pg_url = "postgres://walbust@127.0.0.1:1/app";
+    let mut c = Config::default();
+    c.postgres.url = pg_url.into();
+    let mut purge = PurgeConfig::new(PurgeKind::Fastly, "https://api.fastly.com/service/S/purge");
+    purge.token_env = Some("WALBUST_TEST_TOKEN_NEVER_SET".into());
+    c.purge = vec![purge];
+    let validated = c.validate().unwrap();
+    let err = walbust::daemon::startup::build_targets(&validated, &walbust::rules::RuleSet::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("purge[0].token_env:") && err.contains("WALBUST_TEST_TOKEN_NEVER_SET"),
+        "{err}"
+    );
+}

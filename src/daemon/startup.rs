@@ -5,7 +5,7 @@ use super::applier::BoxSink;
 use super::DaemonError;
 use crate::config::{ConfigError, Validated};
 use crate::rules::{RuleSet, Severity};
-use crate::sink::http::{PurgeConfig, PurgeTarget};
+use crate::sink::http::{HttpError, PurgeConfig, PurgeTarget};
 use crate::sink::redis::RedisTarget;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::stream::StreamError;
@@ -104,9 +104,12 @@ fn purge_target(i: usize, p: &PurgeConfig, config: &Validated, rules: &RuleSet) 
     }
     let token = p.token_env.as_ref().and_then(|name| std::env::var(name).ok());
     PurgeTarget::new(i, p, token, rules, &config.rules.tag_prefix).map_err(|e| {
-        DaemonError::Config(ConfigError::Invalid {
-            field: format!("purge[{i}]"),
-            message: e.to_string(),
+        DaemonError::Config(match e {
+            HttpError::Setup { field, message, .. } => ConfigError::Invalid { field, message },
+            other => ConfigError::Invalid {
+                field: format!("purge[{i}]"),
+                message: other.to_string(),
+            },
         })
     })
 }
