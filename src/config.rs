@@ -35,6 +35,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// lost) with margin. See docs/consistency.md for sizing against RDB `save` intervals.
 pub const DEFAULT_DURABILITY_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `memcached[].timeout`: one round trip at most.
+pub const DEFAULT_MEMCACHED_TIMEOUT: Duration = Duration::from_secs(2);
+/// `redis[].feed_maxlen`: entries the invalidation feed keeps (about).
+pub const DEFAULT_FEED_MAXLEN: u64 = walbust_client::feed::DEFAULT_FEED_MAXLEN;
 pub const DEFAULT_DECODING_WORK_MEM: &str = "1MB";
 /// Off: a streamed transaction's keys must be held until its commit (it may still abort), so
 /// with every key applied memory grows with the transaction, where protocol 1 applies a
@@ -228,6 +232,18 @@ pub struct RedisConfig {
     /// applied again.
     #[serde(default = "default_wait_timeout", with = "duration_text")]
     pub wait_timeout: Duration,
+    /// Append every applied batch's keys to this Redis Stream, the invalidation feed that
+    /// in-process caches follow (`walbust_client::LocalCache`); empty: no feed.
+    #[serde(default)]
+    pub feed: String,
+    /// Entries the feed keeps, approximately (`XADD … MAXLEN ~`); a follower that falls further
+    /// behind flushes.
+    #[serde(default = "default_feed_maxlen")]
+    pub feed_maxlen: u64,
+}
+
+fn default_feed_maxlen() -> u64 {
+    DEFAULT_FEED_MAXLEN
 }
 
 fn default_wait_timeout() -> Duration {
@@ -242,6 +258,8 @@ impl Default for RedisConfig {
             ca_cert: None,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            feed: String::new(),
+            feed_maxlen: DEFAULT_FEED_MAXLEN,
         }
     }
 }
@@ -252,6 +270,30 @@ impl RedisConfig {
         RedisConfig {
             url: url.into(),
             ..RedisConfig::default()
+        }
+    }
+}
+
+/// One memcached server (a pool: one entry per server; each gets every delete).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemcachedConfig {
+    /// `host:port` (`memcached://host:port` accepted).
+    pub addr: String,
+    /// One round trip at most; past it the batch is applied again.
+    #[serde(default = "default_memcached_timeout", with = "duration_text")]
+    pub timeout: Duration,
+}
+
+fn default_memcached_timeout() -> Duration {
+    DEFAULT_MEMCACHED_TIMEOUT
+}
+
+impl MemcachedConfig {
+    pub fn addr(addr: impl Into<String>) -> MemcachedConfig {
+        MemcachedConfig {
+            addr: addr.into(),
+            timeout: DEFAULT_MEMCACHED_TIMEOUT,
         }
     }
 }
@@ -284,6 +326,7 @@ pub struct Config {
     pub redis: Vec<RedisConfig>,
     /// HTTP caches and CDNs purged by surrogate key (`[[purge]]`, see `sink::http`).
     pub purge: Vec<PurgeConfig>,
+    pub memcached: Vec<MemcachedConfig>,
     pub http: HttpConfig,
     #[serde(with = "duration_text")]
     pub shutdown_timeout: Duration,
@@ -297,6 +340,7 @@ impl Default for Config {
             apply: ApplyConfig::default(),
             redis: Vec::new(),
             purge: Vec::new(),
+            memcached: Vec::new(),
             http: HttpConfig::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
@@ -316,10 +360,52 @@ impl fmt::Debug for Config {
                 &self.redis.iter().map(|r| redact_url(&r.url)).collect::<Vec<_>>(),
             )
             .field("purge", &self.purge)
+            .field("memcached", &self.memcached)
             .field("http", &self.http)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
     }
+}
+
+/// Rules the configured targets cannot perform (tags or patterns on memcached; patterns on
+/// purge targets that may not purge everything): `(target field, findings)` per target, for
+/// `check --config` and the start.
+pub fn target_notes(config: &Config, rules: &RuleSet) -> Vec<(String, String)> {
+    use walbust_core::rules::check::TargetCapabilities;
+    let memcached = config.memcached.iter().enumerate().map(|(i, _)| {
+        let can = TargetCapabilities {
+            tags: false,
+            patterns: false,
+        };
+        (format!("memcached[{i}]"), can, "")
+    });
+    // A pattern has no surrogate key: only a purge target allowed to purge everything takes one.
+    let purge = config
+        .purge
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.delete_matching == PatternPolicy::Refuse)
+        .map(|(i, _)| {
+            let can = TargetCapabilities {
+                tags: true,
+                patterns: false,
+            };
+            (
+                format!("purge[{i}]"),
+                can,
+                "\nor set delete_matching = \"purge_all\" on this target to purge everything for every batch with a pattern",
+            )
+        });
+    memcached
+        .chain(purge)
+        .filter_map(|(field, can, hint)| {
+            let notes = walbust_core::rules::check::target_notes(rules, &field, can);
+            (!notes.is_empty()).then(|| {
+                let text = notes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n");
+                (field, format!("{text}{hint}"))
+            })
+        })
+        .collect()
 }
 
 /// A connection string with its password replaced.
@@ -544,11 +630,29 @@ impl Config {
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        if self.redis.is_empty() && self.purge.is_empty() {
+        if self.redis.is_empty() && self.memcached.is_empty() && self.purge.is_empty() {
             return Err(invalid(
                 "redis",
-                "no target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis), a [[memcached]] table, or a [[purge]] table for an HTTP cache or CDN",
+                "no target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis), a [[memcached]] table with addr = \"host:11211\", or a [[purge]] table for an HTTP cache or CDN",
             ));
+        }
+        for (i, m) in self.memcached.iter().enumerate() {
+            let addr = m.addr.trim_start_matches("memcached://").trim_end_matches('/');
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(invalid(
+                    &format!("memcached[{i}].addr"),
+                    format!("`{}` is not host:port; write e.g. addr = \"127.0.0.1:11211\"", m.addr),
+                ));
+            }
+            if m.timeout.is_zero() {
+                return Err(invalid(
+                    &format!("memcached[{i}].timeout"),
+                    "must be longer than zero, e.g. 2s",
+                ));
+            }
         }
         let is_redis_url =
             |u: &str| u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://");
@@ -563,6 +667,12 @@ impl Config {
                 return Err(invalid(
                     &format!("redis[{i}].wait_timeout"),
                     "must be longer than zero when wait_replicas is set (WAIT 0 blocks forever), e.g. 1s",
+                ));
+            }
+            if !r.feed.is_empty() && r.feed_maxlen == 0 {
+                return Err(invalid(
+                    &format!("redis[{i}].feed_maxlen"),
+                    "must be at least 1 (entries the feed keeps), e.g. 100000",
                 ));
             }
             if let Some(path) = &r.ca_cert {
@@ -582,21 +692,20 @@ impl Config {
 }
 
 impl Validated {
+    /// Rules some target cannot perform: `(target field, the findings)` per such target.
+    pub fn target_notes(&self, rules: &RuleSet) -> Vec<(String, String)> {
+        target_notes(&self.config, rules)
+    }
+
     /// The checks that need the loaded rules as well as the configuration.
     pub fn check_rules(&self, rules: &RuleSet) -> Result<(), ConfigError> {
-        let patterns = rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty());
-        if let Some(i) = self
-            .purge
-            .iter()
-            .position(|p| p.delete_matching == PatternPolicy::Refuse)
-        {
-            if patterns {
-                return Err(invalid(
-                    &format!("purge[{i}].delete_matching"),
-                    "rules use delete_matching, and a pattern has no surrogate key: replace those patterns with tags, or set delete_matching = \"purge_all\" on this target to purge everything for every batch with a pattern",
-                ));
-            }
+        if let Some(notes) = self.target_notes(rules).into_iter().next() {
+            return Err(ConfigError::Invalid {
+                field: notes.0,
+                message: notes.1,
+            });
         }
+        let patterns = rules.rules.iter().any(|rule| !rule.actions.delete_matching.is_empty());
         match self.redis.iter().position(|r| r.cluster) {
             Some(i) if patterns => Err(invalid(
                 &format!("redis[{i}]"),
@@ -669,7 +778,7 @@ mod tests {
         .unwrap()
         .rules;
         let err = v.check_rules(&rules).unwrap_err().to_string();
-        assert!(err.starts_with("purge[0].delete_matching:"), "{err}");
+        assert!(err.starts_with("purge[0]:") && err.contains("purge_all"), "{err}");
         let mut c = c;
         c.purge[0].delete_matching = PatternPolicy::PurgeAll;
         c.clone().validate().unwrap().check_rules(&rules).unwrap();

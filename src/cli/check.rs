@@ -17,6 +17,10 @@ pub struct CheckArgs {
     /// Publication whose coverage to check (with --db).
     #[arg(long)]
     pub publication: Option<String>,
+    /// Also check the rules against the targets of this daemon configuration (what a memcached
+    /// target cannot hold: tags, patterns).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Exit with status 2 when there are warnings (and no errors).
     #[arg(long)]
     pub strict: bool,
@@ -33,6 +37,28 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     };
     let mut diagnostics = loaded.warnings.clone();
     diagnostics.extend(crate::rules::check::static_notes(&loaded.rules));
+    if let Some(path) = &args.config {
+        let config = crate::config::Config::load(path)?;
+        let cannot = crate::rules::check::TargetCapabilities {
+            tags: false,
+            patterns: false,
+        };
+        for i in 0..config.memcached.len() {
+            let target = format!("memcached[{i}] (in {})", path.display());
+            diagnostics.extend(crate::rules::check::target_notes(&loaded.rules, &target, cannot));
+        }
+        // Patterns have no surrogate key: refused unless the target may purge everything.
+        let no_patterns = crate::rules::check::TargetCapabilities {
+            tags: true,
+            patterns: false,
+        };
+        for (i, p) in config.purge.iter().enumerate() {
+            if p.delete_matching == crate::sink::http::PatternPolicy::Refuse {
+                let target = format!("purge[{i}] (in {})", path.display());
+                diagnostics.extend(crate::rules::check::target_notes(&loaded.rules, &target, no_patterns));
+            }
+        }
+    }
     if let Some(db) = &args.db {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let schema = runtime.block_on(crate::source::schema::read_schema(

@@ -78,13 +78,27 @@ pub fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, Dae
             )
         };
         // The applier pings it first thing (and logs when it does not answer).
-        let target = connect(ca.clone())?
+        let mut target = connect(ca.clone())?
             .with_epoch_key(&cfg.apply.epoch_key)
             .with_wait(r.wait_replicas, r.wait_timeout);
+        if !r.feed.is_empty() {
+            target = target.with_feed(&r.feed, r.feed_maxlen);
+        }
         targets.sinks.push(Box::new(target));
         if redeletes {
-            targets.redelete.push(connect(ca)?);
+            let mut redelete = connect(ca)?;
+            if !r.feed.is_empty() {
+                redelete = redelete.with_feed(&r.feed, r.feed_maxlen);
+            }
+            targets.redelete.push(redelete);
         }
+    }
+    for m in &cfg.memcached {
+        targets
+            .sinks
+            .push(Box::new(crate::sink::memcached::MemcachedTarget::new(
+                &m.addr, m.timeout,
+            )));
     }
     for (i, p) in cfg.purge.iter().enumerate() {
         targets.sinks.push(Box::new(purge_target(i, p, config, rules)?));

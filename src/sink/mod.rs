@@ -1,5 +1,6 @@
-//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), HTTP caches and
-//! CDNs purged by surrogate key ([`http`]), the dry-run printer ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
+//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), memcached
+//! ([`memcached`]), HTTP caches and CDNs purged by surrogate key ([`http`]), the dry-run printer
+//! ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
 //!
 //! # The delivery contract
 //!
@@ -31,6 +32,7 @@
 
 pub mod dryrun;
 pub mod http;
+pub mod memcached;
 pub mod redis;
 
 pub use walbust_core::model::{Lsn, Origin};
@@ -47,6 +49,8 @@ pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> +
 pub enum SinkError {
     #[error(transparent)]
     Redis(#[from] self::redis::RedisError),
+    #[error(transparent)]
+    Memcached(self::memcached::MemcachedError),
     #[error(transparent)]
     Http(#[from] self::http::HttpError),
     #[error("cannot write: {0}")]
@@ -85,6 +89,7 @@ impl SinkError {
         match self {
             SinkError::Redis(e) => e.kind(),
             SinkError::Http(e) => e.kind(),
+            SinkError::Memcached(e) => e.kind(),
             SinkError::Io(_) => "io",
         }
     }

@@ -20,6 +20,7 @@ use super::{Batch, Lsn, Origin, Rollback, Sink, SinkFuture, Watermark, Watermark
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use std::time::Duration;
+use walbust_client::feed::{self, FeedEntry};
 use walbust_core::plan::Actions;
 
 /// Moves each version key to a value it never held: the commit position when that is greater
@@ -247,6 +248,15 @@ pub struct RedisTarget {
     /// `WAIT <replicas> <timeout>` after every pipeline: the batch counts as applied only once
     /// that many replicas have it.
     wait: Option<(u32, Duration)>,
+    /// The invalidation feed for in-process caches (see [`RedisTarget::with_feed`]).
+    feed: Option<Feed>,
+}
+
+/// Where a target appends its invalidation feed.
+#[derive(Clone, Debug)]
+struct Feed {
+    stream: String,
+    maxlen: u64,
 }
 
 /// The URL without its password.
@@ -337,6 +347,7 @@ impl RedisTarget {
             rollback: None,
             wrong_types: 0,
             wait: None,
+            feed: None,
         })
     }
 
@@ -356,6 +367,62 @@ impl RedisTarget {
     pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> RedisTarget {
         self.wait = (replicas > 0).then_some((replicas, timeout));
         self
+    }
+
+    /// Makes every applied batch append its keys to the Redis Stream `stream` (trimmed to about
+    /// `maxlen` entries), after the deletes and bumps and in the same pipeline, so a node that
+    /// reads an entry finds the keys already gone from Redis (see `walbust_client::feed`).
+    pub fn with_feed(mut self, stream: &str, maxlen: u64) -> RedisTarget {
+        self.feed = Some(Feed {
+            stream: stream.to_string(),
+            maxlen,
+        });
+        self
+    }
+
+    /// The batch's keys as feed entries (none without a feed).
+    fn feed_entries(&self, actions: &Actions, lsn: Option<Lsn>) -> Vec<FeedEntry> {
+        if self.feed.is_none() || actions.is_empty() {
+            return Vec::new();
+        }
+        feed::entries(
+            lsn.map(|l| l.to_string()),
+            actions.delete.iter(),
+            actions.bump.keys(),
+            actions.tags.iter(),
+            actions.delete_matching.iter(),
+            feed::MAX_KEYS_PER_ENTRY,
+        )
+    }
+
+    /// `XADD` of each entry into `pipe` (replies ignored); returns the number of commands.
+    fn add_feed(&self, pipe: &mut redis::Pipeline, entries: &[FeedEntry]) -> usize {
+        let Some(f) = &self.feed else { return 0 };
+        for entry in entries {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&f.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(f.maxlen)
+                .arg("*");
+            for (name, value) in entry.fields() {
+                cmd.arg(name).arg(value);
+            }
+            cmd.ignore();
+        }
+        entries.len()
+    }
+
+    /// Appends `entries` in a round trip of their own.
+    async fn send_feed(&mut self, conn: &mut Conn, entries: &[FeedEntry]) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        if self.add_feed(&mut pipe, entries) == 0 {
+            return Ok(());
+        }
+        let r: redis::RedisResult<()> = pipe.query_async(conn).await;
+        self.round_trips += 1;
+        self.finish(r)
     }
 
     /// `<epoch key>:watermark`, kept only by targets with an epoch key (not by the second
@@ -510,6 +577,8 @@ impl RedisTarget {
         let mut conn = self.connection().await?;
         if let Conn::Cluster(cluster) = &conn {
             self.apply_cluster(cluster.clone(), actions, batch.last_end).await?;
+            let entries = self.feed_entries(actions, batch.last_end);
+            self.send_feed(&mut conn, &entries).await?;
             // A shard found rolled back: the batch is replayed with everything after the
             // acknowledged position, so it does not complete here.
             if self.rollback.is_none() {
@@ -527,7 +596,8 @@ impl RedisTarget {
         if ahead {
             self.apply_keys_ahead(&mut conn, actions).await?;
         }
-        let Some(mut pipe) = self.pipeline(&tags, actions, !ahead) else {
+        let feed_entries = self.feed_entries(actions, batch.last_end);
+        let Some(mut pipe) = self.pipeline(&tags, actions, !ahead, &feed_entries) else {
             self.completed(batch.last_end);
             return Ok(());
         };
@@ -590,6 +660,9 @@ impl RedisTarget {
         if let (true, Some(key), Some(end)) = (drained, &watermark_key, watermark) {
             let mut pipe = redis::pipe();
             pipe.cmd("HDEL").arg(key).arg("draining").ignore();
+            // Again after the drain: a node that reloaded a drained key from Redis in between
+            // drops it now.
+            self.add_feed(&mut pipe, &feed_entries);
             self.add_watermark(&mut pipe, key, end);
             let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             self.round_trips += 1;
@@ -653,7 +726,8 @@ impl RedisTarget {
     /// `None` when there is nothing to send.
     /// `keys`: include the deletes and bumps (false when [`RedisTarget::apply_keys_ahead`] sent
     /// them already).
-    fn pipeline(&self, tags: &[&String], actions: &Actions, keys: bool) -> Option<redis::Pipeline> {
+    /// `feed`: entries appended after the keys (see [`RedisTarget::with_feed`]).
+    fn pipeline(&self, tags: &[&String], actions: &Actions, keys: bool, feed: &[FeedEntry]) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
         let watermark = self.watermark_key();
@@ -679,6 +753,7 @@ impl RedisTarget {
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             commands += 1;
         }
+        commands += self.add_feed(&mut pipe, feed);
         (commands > 0).then_some(pipe)
     }
 
@@ -755,6 +830,18 @@ impl RedisTarget {
             self.round_trips += 1;
             self.finish(r)?;
         }
+        if self.feed.is_some() {
+            let nothing = std::iter::empty;
+            let entries = feed::entries(
+                None,
+                keys.iter(),
+                nothing(),
+                nothing(),
+                nothing(),
+                feed::MAX_KEYS_PER_ENTRY,
+            );
+            self.send_feed(&mut conn, &entries).await?;
+        }
         Ok(())
     }
 
@@ -769,7 +856,10 @@ impl RedisTarget {
             .arg(crate::model::Timestamp::now().0)
             .query_async(&mut conn)
             .await;
-        self.finish(r)
+        let epoch = self.finish(r)?;
+        // Followers flush at once instead of at their next epoch check.
+        self.send_feed(&mut conn, &[FeedEntry::flush("epoch")]).await?;
+        Ok(epoch)
     }
 
     /// The number of keys, for tests and `status`.

@@ -18,15 +18,21 @@
 //! * **Redis Cluster** ([`CacheClient::connect_cluster`]): the same protocol with single-key
 //!   scripts, epoch and version keys read in one pipeline, tags filed with a command each.
 //!
+//! * **In-process caches** ([`LocalCache`]): follow the invalidation feed walbust appends to a
+//!   Redis Stream ([`feed`]), with gap detection.
+//!
 //! The scripts serve other languages too ([`READ_SCRIPT`], [`LEASE_READ_SCRIPT`], …).
 
 mod circuit;
 mod conn;
+pub mod feed;
 mod flight;
+pub mod local;
 mod scripts;
 mod stats;
 
 pub use conn::RedisConnection;
+pub use local::{Deps, LocalCache, LocalCacheOptions, LocalStats, Ticket};
 pub use scripts::{
     FILL_SCRIPT, LEASE_FILL_SCRIPT, LEASE_KEY_SCRIPT, LEASE_MARKER, LEASE_READ_SCRIPT, LEASE_RELEASE_SCRIPT,
     READ_SCRIPT, STALE_COPY_SCRIPT, TAG_SCRIPT,

@@ -355,10 +355,79 @@ pub fn static_notes(rules: &RuleSet) -> Vec<Diagnostic> {
         .collect()
 }
 
+/// What a target can hold besides plain keys (a memcached target holds neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetCapabilities {
+    /// Tag sets (members to delete).
+    pub tags: bool,
+    /// `delete_matching` (a key scan).
+    pub patterns: bool,
+}
+
+/// Errors for rules whose actions (or fallbacks) `target` cannot perform: such an action would
+/// otherwise be skipped there — a lost invalidation — so the rules or the targets must change.
+pub fn target_notes(rules: &RuleSet, target: &str, can: TargetCapabilities) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for rule in &rules.rules {
+        let sets = std::iter::once(("", &rule.actions)).chain(rule.fallback.as_ref().map(|f| ("fallback.", f)));
+        for (part, actions) in sets {
+            if !can.tags && !actions.tags.is_empty() {
+                out.push(diag(
+                    rule,
+                    Severity::Error,
+                    format!("rule `{}`.{part}tags", rule.name),
+                    format!(
+                        "{target} cannot hold tags (no sets to find the tagged keys in); use version keys (`bump`) for this rule, or send it to a Redis target only"
+                    ),
+                ));
+            }
+            if !can.patterns && !actions.delete_matching.is_empty() {
+                out.push(diag(
+                    rule,
+                    Severity::Error,
+                    format!("rule `{}`.{part}delete_matching", rule.name),
+                    format!("{target} cannot find keys by pattern (no scan); use version keys (`bump`) instead"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rules::load_str;
+
+    #[test]
+    fn targets_without_tags_refuse_rules_with_tags_in_actions_or_fallbacks() {
+        let text = "version: 1\nrules:\n  - name: p\n    table: products\n    on: [update, truncate]\n    delete: [\"p:{id}\"]\n    fallback:\n      tags: [\"all\"]\n  - name: q\n    table: products\n    on: [update]\n    bump: [\"v:{id}\"]\n";
+        let rules = load_str("rules.yaml", text).unwrap().rules;
+        let notes = target_notes(
+            &rules,
+            "memcached[0]",
+            TargetCapabilities {
+                tags: false,
+                patterns: false,
+            },
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let text = notes[0].to_string();
+        assert!(text.starts_with("rules.yaml:"), "{text}");
+        assert!(
+            text.contains("rule `p`.fallback.tags") && text.contains("memcached[0] cannot hold tags"),
+            "{text}"
+        );
+        assert!(target_notes(
+            &rules,
+            "redis",
+            TargetCapabilities {
+                tags: true,
+                patterns: true
+            }
+        )
+        .is_empty());
+    }
 
     fn schema(identity: ReplicaIdentity, identity_columns: &[&str]) -> SchemaInfo {
         let mut tables = BTreeMap::new();

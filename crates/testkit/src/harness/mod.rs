@@ -9,11 +9,13 @@
 //! they share, and [`peak_rss_mb`] for benchmarks.
 
 mod certs;
+mod memcached;
 mod postgres;
 mod redis;
 mod varnish;
 
 pub use self::certs::make_test_certs;
+pub use self::memcached::MemcachedInstance;
 pub use self::postgres::{PgInstance, PgOptions};
 pub use self::redis::{RedisCluster, RedisInstance};
 pub use self::varnish::{KeysFor, Origin, Response, VarnishInstance, VARNISH_VCL};
@@ -31,6 +33,8 @@ pub enum HarnessError {
     RedisMissing,
     #[error("varnishd not found (/usr/sbin/varnishd or on PATH); install it with `apt-get install -y varnish varnish-modules`")]
     VarnishMissing,
+    #[error("memcached not found on PATH; install it with `apt-get install -y memcached`")]
+    MemcachedMissing,
     #[error("running as root, but there is no `postgres` OS user to run PostgreSQL as (PostgreSQL refuses root); install the postgresql package or run as another user")]
     NoPostgresUser,
     #[error("{what} failed: {detail}")]
