@@ -6,6 +6,7 @@
 
 use crate::rules::load::parse_duration;
 use crate::rules::RuleSet;
+use crate::sink::http::{PatternPolicy, PurgeConfig};
 use crate::sink::redis::{redact_url, DeleteCommand};
 use crate::source::conn::ConnectOptions;
 use serde::Deserialize;
@@ -70,7 +71,7 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Durations in the configuration file, written as in the rules (`500ms`, `10s`, `1.5s`, `1m`).
-mod duration_text {
+pub(crate) mod duration_text {
     use super::parse_duration;
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -323,6 +324,8 @@ pub struct Config {
     pub rules: RulesConfig,
     pub apply: ApplyConfig,
     pub redis: Vec<RedisConfig>,
+    /// HTTP caches and CDNs purged by surrogate key (`[[purge]]`, see `sink::http`).
+    pub purge: Vec<PurgeConfig>,
     pub memcached: Vec<MemcachedConfig>,
     pub http: HttpConfig,
     #[serde(with = "duration_text")]
@@ -336,6 +339,7 @@ impl Default for Config {
             rules: RulesConfig::default(),
             apply: ApplyConfig::default(),
             redis: Vec::new(),
+            purge: Vec::new(),
             memcached: Vec::new(),
             http: HttpConfig::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -355,6 +359,7 @@ impl fmt::Debug for Config {
                 "redis",
                 &self.redis.iter().map(|r| redact_url(&r.url)).collect::<Vec<_>>(),
             )
+            .field("purge", &self.purge)
             .field("memcached", &self.memcached)
             .field("http", &self.http)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -362,25 +367,42 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Rules the configured targets cannot perform (tags or patterns on memcached): `(target
-/// field, findings)` per target, for `check --config` and the start.
+/// Rules the configured targets cannot perform (tags or patterns on memcached; patterns on
+/// purge targets that may not purge everything): `(target field, findings)` per target, for
+/// `check --config` and the start.
 pub fn target_notes(config: &Config, rules: &RuleSet) -> Vec<(String, String)> {
-    let cannot = walbust_core::rules::check::TargetCapabilities {
-        tags: false,
-        patterns: false,
-    };
-    config
-        .memcached
+    use walbust_core::rules::check::TargetCapabilities;
+    let memcached = config.memcached.iter().enumerate().map(|(i, _)| {
+        let can = TargetCapabilities {
+            tags: false,
+            patterns: false,
+        };
+        (format!("memcached[{i}]"), can, "")
+    });
+    // A pattern has no surrogate key: only a purge target allowed to purge everything takes one.
+    let purge = config
+        .purge
         .iter()
         .enumerate()
-        .filter_map(|(i, _)| {
-            let field = format!("memcached[{i}]");
-            let notes = walbust_core::rules::check::target_notes(rules, &field, cannot);
+        .filter(|(_, p)| p.delete_matching == PatternPolicy::Refuse)
+        .map(|(i, _)| {
+            let can = TargetCapabilities {
+                tags: true,
+                patterns: false,
+            };
+            (
+                format!("purge[{i}]"),
+                can,
+                "\nor set delete_matching = \"purge_all\" on this target to purge everything for every batch with a pattern",
+            )
+        });
+    memcached
+        .chain(purge)
+        .filter_map(|(field, can, hint)| {
+            let notes = walbust_core::rules::check::target_notes(rules, &field, can);
             (!notes.is_empty()).then(|| {
-                (
-                    field,
-                    notes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n"),
-                )
+                let text = notes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("\n");
+                (field, format!("{text}{hint}"))
             })
         })
         .collect()
@@ -580,6 +602,9 @@ impl Config {
             }
         }
         self.validate_redis()?;
+        for (i, p) in self.purge.iter().enumerate() {
+            p.validate(i)?;
+        }
         for (field, value) in [
             ("apply.max_batch_actions", self.apply.max_batch_actions),
             ("apply.buffer_batches", self.apply.buffer_batches),
@@ -605,10 +630,10 @@ impl Config {
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        if self.redis.is_empty() && self.memcached.is_empty() {
+        if self.redis.is_empty() && self.memcached.is_empty() && self.purge.is_empty() {
             return Err(invalid(
                 "redis",
-                "no target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis), or a [[memcached]] table with addr = \"host:11211\"",
+                "no target; add a [[redis]] table with url = \"redis://host:6379\" (or WALBUST_REDIS, --redis), a [[memcached]] table with addr = \"host:11211\", or a [[purge]] table for an HTTP cache or CDN",
             ));
         }
         for (i, m) in self.memcached.iter().enumerate() {
@@ -736,6 +761,41 @@ mod tests {
         c.postgres.status_interval = DEFAULT_STATUS_INTERVAL;
         c.redis.clear();
         assert!(c.validate().err().unwrap().to_string().starts_with("redis:"));
+    }
+
+    #[test]
+    fn a_config_with_only_purge_targets_is_valid_and_patterns_are_refused_unless_purged_all() {
+        let text = "[postgres]\nurl = \"postgres://h/db\"\n[[purge]]\nkind = \"cloudflare\"\nurl = \"https://api.cloudflare.com/client/v4/zones/Z/purge_cache\"\ntoken_env = \"CF_TOKEN\"\ncoalesce = \"5ms\"\nrate_limit = 0.5\n";
+        let c = Config::parse(Path::new("w.toml"), text).unwrap();
+        let v = c.clone().validate().unwrap();
+        assert_eq!(v.purge[0].max_keys_per_request(), 100);
+        assert_eq!(v.purge[0].coalesce, Duration::from_millis(5));
+        assert!(format!("{v:?}").contains("CF_TOKEN"));
+        let rules = crate::rules::load_str(
+            "r.yaml",
+            "version: 1\nrules:\n  - name: p\n    table: products\n    delete_matching: [\"search:*\"]\n",
+        )
+        .unwrap()
+        .rules;
+        let err = v.check_rules(&rules).unwrap_err().to_string();
+        assert!(err.starts_with("purge[0]:") && err.contains("purge_all"), "{err}");
+        let mut c = c;
+        c.purge[0].delete_matching = PatternPolicy::PurgeAll;
+        c.clone().validate().unwrap().check_rules(&rules).unwrap();
+        c.purge.clear();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("[[redis]]") && err.contains("[[purge]]") && err.contains("[[memcached]]"),
+            "{err}"
+        );
+        let err = Config::parse(
+            Path::new("w.toml"),
+            "[[purge]]\nkind = \"akamai\"\nurl = \"http://x/\"\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("akamai") && err.contains("xkey"), "{err}");
     }
 
     #[test]

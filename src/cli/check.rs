@@ -47,6 +47,17 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             let target = format!("memcached[{i}] (in {})", path.display());
             diagnostics.extend(crate::rules::check::target_notes(&loaded.rules, &target, cannot));
         }
+        // Patterns have no surrogate key: refused unless the target may purge everything.
+        let no_patterns = crate::rules::check::TargetCapabilities {
+            tags: true,
+            patterns: false,
+        };
+        for (i, p) in config.purge.iter().enumerate() {
+            if p.delete_matching == crate::sink::http::PatternPolicy::Refuse {
+                let target = format!("purge[{i}] (in {})", path.display());
+                diagnostics.extend(crate::rules::check::target_notes(&loaded.rules, &target, no_patterns));
+            }
+        }
     }
     if let Some(db) = &args.db {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -3,8 +3,9 @@
 
 use super::applier::BoxSink;
 use super::DaemonError;
-use crate::config::Validated;
+use crate::config::{ConfigError, Validated};
 use crate::rules::{RuleSet, Severity};
+use crate::sink::http::{HttpError, PurgeConfig, PurgeTarget};
 use crate::sink::redis::RedisTarget;
 use crate::source::conn::{ConnectOptions, ReplicationConnection};
 use crate::source::stream::StreamError;
@@ -45,7 +46,7 @@ pub async fn check_schema(connect: &ConnectOptions, rules: &RuleSet, config: &Va
     Ok(())
 }
 
-/// The configured targets: one sink per `[[redis]]` entry, and — when a rule uses
+/// The configured targets: one sink per `[[redis]]` and `[[purge]]` entry, and — when a rule uses
 /// `redelete_after` — a second connection per target for the delayed re-deletes.
 pub struct Targets {
     pub sinks: Vec<BoxSink>,
@@ -99,5 +100,30 @@ pub fn build_targets(config: &Validated, rules: &RuleSet) -> Result<Targets, Dae
                 &m.addr, m.timeout,
             )));
     }
+    for (i, p) in cfg.purge.iter().enumerate() {
+        targets.sinks.push(Box::new(purge_target(i, p, config, rules)?));
+    }
     Ok(targets)
+}
+
+/// A `[[purge]]` entry's sink, with its token read from the environment.
+fn purge_target(i: usize, p: &PurgeConfig, config: &Validated, rules: &RuleSet) -> Result<PurgeTarget, DaemonError> {
+    if !p.coalesce.is_zero() && p.coalesce > config.apply.max_batch_delay {
+        tracing::warn!(
+            target = %p.target_name(i),
+            "purge[{i}].coalesce ({:?}) is longer than apply.max_batch_delay ({:?}): what commits during the wait goes as separate batches; raise apply.max_batch_delay to coalesce it",
+            p.coalesce,
+            config.apply.max_batch_delay
+        );
+    }
+    let token = p.token_env.as_ref().and_then(|name| std::env::var(name).ok());
+    PurgeTarget::new(i, p, token, rules, &config.rules.tag_prefix).map_err(|e| {
+        DaemonError::Config(match e {
+            HttpError::Setup { field, message, .. } => ConfigError::Invalid { field, message },
+            other => ConfigError::Invalid {
+                field: format!("purge[{i}]"),
+                message: other.to_string(),
+            },
+        })
+    })
 }

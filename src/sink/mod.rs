@@ -1,5 +1,6 @@
-//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), the dry-run
-//! printer ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
+//! Sinks: where planned work goes. Every target — the Redis applier ([`redis`]), memcached
+//! ([`memcached`]), HTTP caches and CDNs purged by surrogate key ([`http`]), the dry-run printer
+//! ([`dryrun`]), and any new one — implements [`Sink`] and keeps its delivery contract.
 //!
 //! # The delivery contract
 //!
@@ -30,6 +31,7 @@
 //! `daemon::targets`, and test it against the real service (see docs/architecture.md).
 
 pub mod dryrun;
+pub mod http;
 pub mod memcached;
 pub mod redis;
 
@@ -49,6 +51,8 @@ pub enum SinkError {
     Redis(#[from] self::redis::RedisError),
     #[error(transparent)]
     Memcached(self::memcached::MemcachedError),
+    #[error(transparent)]
+    Http(#[from] self::http::HttpError),
     #[error("cannot write: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -84,6 +88,7 @@ impl SinkError {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkError::Redis(e) => e.kind(),
+            SinkError::Http(e) => e.kind(),
             SinkError::Memcached(e) => e.kind(),
             SinkError::Io(_) => "io",
         }

@@ -1,21 +1,24 @@
-//! Throwaway PostgreSQL (`wal_level=logical`) and Redis servers on free ports in temp dirs,
-//! for tests, benchmarks and `walbust demo`. Never touches services already running on the
+//! Throwaway PostgreSQL (`wal_level=logical`), Redis and Varnish servers on free ports in temp
+//! dirs, for tests, benchmarks and `walbust demo`. Never touches services already running on the
 //! machine. When run as root, PostgreSQL runs as the `postgres` OS user (it refuses root).
 //! Servers stop (and their directories are removed) on drop, also when a test panics.
 //!
 //! [`PgInstance`] (with [`PgOptions`]) lives in `postgres`, [`RedisInstance`] and
-//! [`RedisCluster`] in `redis`, [`make_test_certs`] in `certs`; this module holds the errors,
-//! the free ports and the helpers they share, and [`peak_rss_mb`] for benchmarks.
+//! [`RedisCluster`] in `redis`, [`VarnishInstance`] and its [`Origin`] in `varnish`,
+//! [`make_test_certs`] in `certs`; this module holds the errors, the free ports and the helpers
+//! they share, and [`peak_rss_mb`] for benchmarks.
 
 mod certs;
 mod memcached;
 mod postgres;
 mod redis;
+mod varnish;
 
 pub use self::certs::make_test_certs;
 pub use self::memcached::MemcachedInstance;
 pub use self::postgres::{PgInstance, PgOptions};
 pub use self::redis::{RedisCluster, RedisInstance};
+pub use self::varnish::{KeysFor, Origin, Response, VarnishInstance, VARNISH_VCL};
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -28,6 +31,8 @@ pub enum HarnessError {
     PgMissing,
     #[error("redis-server not found on PATH; install it with `apt-get install -y redis-server`")]
     RedisMissing,
+    #[error("varnishd not found (/usr/sbin/varnishd or on PATH); install it with `apt-get install -y varnish varnish-modules`")]
+    VarnishMissing,
     #[error("memcached not found on PATH; install it with `apt-get install -y memcached`")]
     MemcachedMissing,
     #[error("running as root, but there is no `postgres` OS user to run PostgreSQL as (PostgreSQL refuses root); install the postgresql package or run as another user")]
