@@ -1,7 +1,7 @@
 //! The final check, after quiescing: every entry a reader would be served is compared with the
 //! database, and every probe is counted (lost, or deleted and how long after its COMMIT).
 
-use super::readers::{cache_clients, Item, Mode, LIST_ITEM, MODES, PRODUCT_VALUE, RECS_ITEM};
+use super::readers::{cache_clients, Item, Mode, FEED_STREAM, LIST_ITEM, LOCAL_MODE, MODES, PRODUCT_VALUE, RECS_ITEM};
 use super::report::ModeReport;
 use super::shared::{connect_db, Shared, RECS_PRODUCTS};
 use super::target::RedisSpec;
@@ -10,7 +10,8 @@ use crate::harness::PgInstance;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use walbust_client::{CacheClient, Entry};
+use walbust_client::feed::StreamId;
+use walbust_client::{CacheClient, Entry, LocalCache};
 
 /// Compares every entry a reader would be served with the database, and counts probes.
 pub(super) async fn check(
@@ -53,7 +54,76 @@ pub(super) async fn check(
         record_latencies(&mut report, latencies, steady);
         reports.push(report);
     }
+    if let Some(locals) = shared.locals.get() {
+        reports.push(check_local_caches(locals, &mut nodes[0], &items, &expected).await?);
+    }
     Ok(reports)
+}
+
+/// Compares what the in-process caches would serve, once they read the whole feed, with the
+/// database.
+async fn check_local_caches(
+    locals: &[LocalCache],
+    redis: &mut redis::aio::MultiplexedConnection,
+    items: &[Item],
+    expected: &HashMap<Item, String>,
+) -> Result<ModeReport, ChaosError> {
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(FEED_STREAM)
+        .query_async(redis)
+        .await?;
+    let last = match info {
+        redis::Value::Array(pairs) => pairs.chunks(2).find_map(|p| match p {
+            [redis::Value::BulkString(name), redis::Value::BulkString(id)] if name == b"last-generated-id" => {
+                StreamId::parse(&String::from_utf8_lossy(id))
+            }
+            _ => None,
+        }),
+        _ => None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in locals {
+        while last.is_some_and(|last| node.position().is_none_or(|p| p < last)) {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Other(
+                    "a local cache did not read the whole feed within 30 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut report = ModeReport {
+        mode: LOCAL_MODE,
+        ..ModeReport::default()
+    };
+    for (n, node) in locals.iter().enumerate() {
+        for item in items {
+            let Some(cached) = node.get(&item.key()) else { continue };
+            report.entries_checked += 1;
+            let want = expected.get(item).cloned().unwrap_or_else(|| match item {
+                Item::Product(_) => "none".into(),
+                _ => String::new(),
+            });
+            if *cached != *want {
+                report.stale_entries += 1;
+                if report.stale_examples.len() < 5 {
+                    report.stale_examples.push(format!(
+                        "node {n}, {}: cached `{cached}`, database `{want}`",
+                        item.key()
+                    ));
+                }
+            }
+        }
+    }
+    for (n, node) in locals.iter().enumerate() {
+        let s = node.stats();
+        report.notes.push(format!(
+            "node {n}: {} hits, {} misses, {} reads not served while the feed was not followed, {} inserts refused (an invalidation came during the load), {} entries invalidated, {} gap flushes, {} flush entries, {} feed entries",
+            s.hits, s.misses, s.unfollowed_reads, s.inserts_refused, s.invalidated, s.gap_flushes, s.feed_flushes, s.feed_entries
+        ));
+    }
+    Ok(report)
 }
 
 /// What the database holds for each entry (products that do not exist and empty lists are

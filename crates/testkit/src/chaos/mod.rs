@@ -44,7 +44,7 @@ use crate::harness::{HarnessError, PgInstance};
 use check::check;
 use faults::inject;
 use processes::{prepare_daemons, quiesce, start_database, wait_active, Daemon};
-use readers::{listen_for_deletions, reader};
+use readers::{listen_for_deletions, reader, start_local_caches};
 use shared::{blocking, Shared};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -165,6 +165,9 @@ pub async fn run(options: ChaosOptions, progress: &mut (dyn std::io::Write + Sen
         &cycles.gap_windows,
     )
     .await?;
+    for follower in shared.followers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        follower.abort();
+    }
     for d in &mut rig.daemons {
         d.kill9();
     }
@@ -261,6 +264,7 @@ impl Workload {
             redis.clone(),
             options.products,
         )));
+        start_local_caches(shared, redis);
         let mut readers = Vec::new();
         for i in 0..options.readers {
             readers.push(tokio::spawn(reader(

@@ -235,6 +235,12 @@ fn daemon_config(
     http_port: u16,
     wait_replicas: u32,
 ) -> String {
+    // The invalidation feed the local-cache readers follow (standalone Redis only).
+    let feed = if redis.cluster {
+        String::new()
+    } else {
+        format!("feed = \"{}\"", super::readers::FEED_STREAM)
+    };
     format!(
         r#"shutdown_timeout = "5s"
 [postgres]
@@ -254,6 +260,7 @@ on_gap = "bump_epoch"
 url = "{}"
 cluster = {}
 wait_replicas = {wait_replicas}
+{feed}
 [http]
 listen = "127.0.0.1:{http_port}"
 "#,

@@ -8,7 +8,14 @@ use super::{ChaosOptions, WorkloadError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use walbust_client::{CacheClient, Entry};
+use walbust_client::{CacheClient, Deps, Entry, LocalCache, LocalCacheOptions};
+
+/// The stream walbust appends its invalidations to (`[[redis]] feed`).
+pub(super) const FEED_STREAM: &str = "walbust:feed";
+/// In-process caches, each followed by its own task; readers share them round robin.
+pub(super) const LOCAL_NODES: usize = 2;
+/// The report row of the local caches.
+pub const LOCAL_MODE: &str = "local caches following the feed (plain rules)";
 
 pub(super) const PRODUCT_VALUE: &str =
     "name || '|' || price_cents || '|' || coalesce(category_id::text, '-') || '|' || rev";
@@ -155,6 +162,42 @@ async fn read_through(
     Ok(())
 }
 
+/// Starts the in-process caches and their followers (standalone Redis: the feed's check
+/// script reads the epoch key and the stream together).
+pub(super) fn start_local_caches(shared: &Shared, redis: &RedisSpec) {
+    if redis.cluster {
+        return;
+    }
+    let Ok(client) = redis::Client::open(redis.nodes[0].as_str()) else {
+        return;
+    };
+    let nodes: Vec<LocalCache> = (0..LOCAL_NODES)
+        .map(|_| {
+            LocalCache::new(LocalCacheOptions {
+                prefix: Mode::Plain.prefix().into(),
+                stream: FEED_STREAM.into(),
+                ttl: Duration::from_secs(3600),
+                ..LocalCacheOptions::default()
+            })
+        })
+        .collect();
+    let mut followers = shared.followers.lock().unwrap_or_else(|p| p.into_inner());
+    followers.extend(nodes.iter().map(|n| n.follow(client.clone())));
+    let _ = shared.locals.set(nodes);
+}
+
+/// Reads one entry through an in-process cache, with the plain rules' keys and tags.
+async fn read_local(node: &LocalCache, item: Item, db: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let tags = item.tags(Mode::Plain);
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let deps = Deps {
+        versions: &[],
+        tags: &tags,
+    };
+    node.get_or_load(&item.key(), deps, || item.load(db)).await?;
+    Ok(())
+}
+
 pub(super) async fn reader(index: usize, shared: Arc<Shared>, db_url: String, redis: RedisSpec, options: ChaosOptions) {
     let mut rng = Rng::new(options.seed.wrapping_add(1_000_003 + index as u64 * 104_729));
     let mut db: Option<tokio_postgres::Client> = None;
@@ -180,6 +223,13 @@ pub(super) async fn reader(index: usize, shared: Arc<Shared>, db_url: String, re
                 shared.read_errors.fetch_add(1, Ordering::Relaxed);
                 failed = true;
                 break;
+            }
+        }
+        if let (false, Some(locals)) = (failed, shared.locals.get()) {
+            if let Err(e) = read_local(&locals[index % locals.len()], item, d).await {
+                tracing::debug!(reader = index, error = %e, "local read failed");
+                shared.read_errors.fetch_add(1, Ordering::Relaxed);
+                failed = true;
             }
         }
         if failed {

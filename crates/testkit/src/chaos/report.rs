@@ -47,6 +47,8 @@ pub struct ModeReport {
     pub steady_measured: u64,
     pub steady_within_100ms: u64,
     pub steady_p99_ms: f64,
+    /// What else the mode's readers counted (the local caches' flushes and refused inserts).
+    pub notes: Vec<String>,
 }
 
 /// The outcome of a run.
@@ -106,6 +108,16 @@ impl ChaosReport {
                     m.mode, m.lost, m.lost_examples
                 ));
             }
+            if m.mode == super::readers::LOCAL_MODE {
+                // No probes here (they are Redis keys): what counts is what the nodes serve.
+                if m.stale_entries > 0 {
+                    out.push(format!(
+                        "{}: {} stale entries (e.g. {:?})",
+                        m.mode, m.stale_entries, m.stale_examples
+                    ));
+                }
+                continue;
+            }
             if m.mode == Mode::Version.label() && m.stale_entries > 0 {
                 // Also after a gap: the epoch moved, so no version-keyed entry from before it
                 // is read again.
@@ -144,7 +156,7 @@ impl ChaosReport {
         s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for m in &self.modes {
             let pct = |n: u64| pct_of(n, m.measured);
-            if m.mode == Mode::Control.label() {
+            if m.mode == Mode::Control.label() || m.mode == super::readers::LOCAL_MODE {
                 s.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} | - | - | - | - | - | - | - | - | - |\n",
                     m.mode, m.stale_entries, m.entries_checked, m.invalidations_checked, m.lost, m.lost_in_gap
@@ -170,6 +182,9 @@ impl ChaosReport {
                 m.steady_measured,
                 m.steady_p99_ms
             ));
+        }
+        for m in self.modes.iter().filter(|m| !m.notes.is_empty()) {
+            s.push_str(&format!("\n{}: {}\n", m.mode, m.notes.join("; ")));
         }
         let l = &self.walbust_latency;
         s.push_str(&format!(
@@ -305,6 +320,20 @@ mod tests {
         assert!(stale.failures()[0].contains("stale"));
         let blind = report(vec![mode(Mode::Version, 0, 0), mode(Mode::Control, 0, 0)]);
         assert!(blind.failures()[0].contains("blind"));
+        // Local caches have no probes; a stale entry there fails the run.
+        let local = |stale| ModeReport {
+            mode: crate::chaos::readers::LOCAL_MODE,
+            stale_entries: stale,
+            ..ModeReport::default()
+        };
+        let fine = report(vec![local(0), mode(Mode::Control, 5, 7)]);
+        assert!(fine.failures().is_empty(), "{:?}", fine.failures());
+        let drifted = report(vec![local(1), mode(Mode::Control, 5, 7)]);
+        assert!(
+            drifted.failures()[0].contains("local caches"),
+            "{:?}",
+            drifted.failures()
+        );
         let mut idle = healthy.clone();
         idle.committed_by_kind.push(("truncate".into(), 0));
         assert!(idle.failures()[0].contains("truncate"));

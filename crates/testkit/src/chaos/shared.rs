@@ -50,6 +50,10 @@ pub(super) struct Shared {
     pub(super) ambiguous: Mutex<HashSet<String>>,
     /// Full probe key → when its first `del` event arrived.
     pub(super) deleted: Mutex<HashMap<String, Instant>>,
+    /// In-process caches following walbust's feed (standalone Redis only), with their
+    /// followers.
+    pub(super) locals: std::sync::OnceLock<Vec<walbust_client::LocalCache>>,
+    pub(super) followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
