@@ -129,10 +129,13 @@ def observe_purge(port, seen, stop):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             for m in ITEM.finditer((self.headers.get("Surrogate-Key") or "").encode() + b" " + body):
                 seen.saw(int(m.group(1)), t)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+            # One write, no Nagle: a status line and a body in two segments would wait for a
+            # delayed ACK and measure the loopback, not walbust.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+        def setup(self):
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         do_PURGE = do_POST
 
@@ -225,6 +228,9 @@ def main():
     ap.add_argument("--writers", type=int, default=2)
     ap.add_argument("--drain-rows", type=int, default=100_000)
     ap.add_argument("--port-base", type=int, default=6440)
+    ap.add_argument("--purge-rate-limit", type=float, default=0,
+                    help="the purge target's rate_limit (requests/s; 0 = unlimited, the default here: "
+                         "Fastly's default of 50/s measures the limit, not walbust)")
     a = ap.parse_args()
 
     n = a.rate * a.seconds
@@ -275,7 +281,7 @@ def main():
             observer_args = (proxy_port, mc_port)
         else:
             target_toml = (f'[[purge]]\nkind = "fastly"\nurl = "http://127.0.0.1:{http_port}/service/bench/purge"\n'
-                           f'token_env = "BENCH_PURGE_TOKEN"\nsurrogate_keys = ["keys"]\n')
+                           f'token_env = "BENCH_PURGE_TOKEN"\nsurrogate_keys = ["keys"]\nrate_limit = {a.purge_rate_limit}\n')
             os.environ["BENCH_PURGE_TOKEN"] = "bench"
             observer_args = (http_port,)
         observers.append(start_observer(a.target, observer_args, f"{work}/done.json"))
