@@ -32,7 +32,7 @@ mod scripts;
 mod stats;
 
 pub use conn::RedisConnection;
-pub use local::{Deps, LocalCache, LocalCacheOptions, LocalStats, Ticket};
+pub use local::{Deps, LocalCache, LocalCacheOptions, LocalStats, Ticket, FEED_CHECK_SCRIPT};
 pub use scripts::{
     FILL_SCRIPT, LEASE_FILL_SCRIPT, LEASE_KEY_SCRIPT, LEASE_MARKER, LEASE_READ_SCRIPT, LEASE_RELEASE_SCRIPT,
     READ_SCRIPT, STALE_COPY_SCRIPT, TAG_SCRIPT,

@@ -42,7 +42,7 @@ const READ_COUNT: usize = 512;
 /// The epoch key and what `XINFO STREAM` says about the feed, in one round trip:
 /// `{epoch, last-generated-id, max-deleted-entry-id, first-entry id, entries-added, length}`
 /// (false where absent; the Redis 7 fields are absent before 7.0).
-const CHECK_SCRIPT: &str = r#"
+pub const FEED_CHECK_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch or false, false, false, false, false, 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -526,7 +526,7 @@ impl LocalCache {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(o.block + Duration::from_secs(2)));
         let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        let script = redis::Script::new(CHECK_SCRIPT);
+        let script = redis::Script::new(FEED_CHECK_SCRIPT);
         // Where this node stands before anything is read on this connection.
         let position = self.position();
         let found = Checked::query(&script, &mut conn, o).await?;
