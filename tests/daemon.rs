@@ -2,6 +2,9 @@
 //! harness: every action kind, moved products, glob escaping, publish, two targets, a Redis
 //! outage, kill -9 and replay, graceful shutdown, HA takeover, metrics.
 
+mod common;
+
+use common::{confirmed, current_lsn};
 use redis::Commands;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -95,22 +98,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn current_lsn(pg: &PgInstance) -> Lsn {
-    Lsn::parse(pg.psql("app", "SELECT pg_current_wal_insert_lsn()").unwrap().trim()).unwrap()
-}
-
-fn confirmed(pg: &PgInstance) -> Lsn {
-    Lsn::parse(
-        pg.psql(
-            "app",
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'",
-        )
-        .unwrap()
-        .trim(),
-    )
-    .unwrap_or_default()
 }
 
 /// With a daemon running on_gap = bump_epoch: an insert is applied, the slot is dropped under

@@ -5,11 +5,13 @@
 //! a node has read the feed up to where walbust appended an invalidation, it serves nothing the
 //! invalidation covers; a node that cannot tell what it missed flushes.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{db, wait_for};
+use std::time::Duration;
 use walbust::client::feed::StreamId;
 use walbust::client::{Deps, LocalCache, LocalCacheOptions};
-use walbust::config::{Config, OnGap, RedisConfig};
+use walbust::config::{OnGap, RedisConfig};
 use walbust_testkit::harness::{PgInstance, RedisInstance};
 
 const ROWS: i64 = 20;
@@ -27,73 +29,34 @@ rules:
 "#;
 
 fn pg() -> PgInstance {
-    let pg = PgInstance::start().unwrap();
-    pg.create_database("app").unwrap();
-    pg.psql(
-        "app",
+    common::database(
         &format!(
             "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, rev int NOT NULL);
              ALTER TABLE items REPLICA IDENTITY FULL;
-             INSERT INTO items SELECT g, g % 4, 1 FROM generate_series(1, {ROWS}) g;
-             CREATE PUBLICATION pub FOR TABLE items;
-             SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');"
+             INSERT INTO items SELECT g, g % 4, 1 FROM generate_series(1, {ROWS}) g;"
         ),
+        "items",
     )
-    .unwrap();
-    pg
 }
 
+/// The daemon with one Redis target writing the feed (trimmed to about `maxlen` entries).
 fn start_daemon(
     pg: &PgInstance,
     redis: &RedisInstance,
     maxlen: u64,
 ) -> (tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("rules.yaml"), RULES).unwrap();
-    let mut c = Config::default();
-    c.postgres.url = pg.url("app");
-    c.postgres.publication = "pub".into();
-    c.postgres.status_interval = Duration::from_secs(1);
-    c.postgres.reconnect_max_delay = Duration::from_millis(300);
-    c.rules.path = rules.path().to_path_buf();
+    let rules = common::rules_dir(RULES);
+    let mut c = common::daemon_config(pg, rules.path());
     c.redis = vec![RedisConfig {
         url: redis.url(),
         feed: FEED.into(),
         feed_maxlen: maxlen,
         ..RedisConfig::default()
     }];
-    c.apply.retry_max_delay = Duration::from_millis(200);
     c.apply.on_gap = OnGap::BumpEpoch;
-    c.http.listen = String::new();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(walbust::daemon::run(c.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pg
-        .psql("app", "SELECT count(*) FROM pg_replication_slots WHERE active")
-        .is_ok_and(|n| n.trim() == "1")
-    {
-        assert!(Instant::now() < deadline, "the daemon did not start streaming");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (stop_tx, rules)
-}
-
-async fn db(pg: &PgInstance) -> Arc<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    Arc::new(client)
-}
-
-async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (stop, _daemon) = common::spawn_daemon(c);
+    common::wait_streaming(pg);
+    (stop, rules)
 }
 
 fn node() -> LocalCache {

@@ -3,7 +3,10 @@
 //! version keys that only move forward under concurrent writers, `flush_all` for a gap, and
 //! tags refused by `check --config` and at startup.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use common::wait_until;
+use std::time::Duration;
 use walbust::config::{Config, MemcachedConfig};
 use walbust::sink::memcached::MemcachedTarget;
 use walbust::sink::Sink;
@@ -31,30 +34,12 @@ rules:
 "#;
 
 fn pg() -> PgInstance {
-    let pg = PgInstance::start().unwrap();
-    pg.create_database("app").unwrap();
-    pg.psql(
-        "app",
+    common::database(
         "CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price int NOT NULL);
          ALTER TABLE products REPLICA IDENTITY FULL;
-         INSERT INTO products VALUES (1, 'blue shirt', 10), (2, 'hat', 20);
-         CREATE PUBLICATION pub FOR TABLE products;
-         SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');",
+         INSERT INTO products VALUES (1, 'blue shirt', 10), (2, 'hat', 20);",
+        "products",
     )
-    .unwrap();
-    pg
-}
-
-fn config(pg: &PgInstance, rules: &std::path::Path, memcached: &MemcachedInstance) -> Config {
-    let mut c = Config::default();
-    c.postgres.url = pg.url("app");
-    c.postgres.publication = "pub".into();
-    c.postgres.status_interval = Duration::from_secs(1);
-    c.rules.path = rules.to_path_buf();
-    c.memcached = vec![MemcachedConfig::addr(memcached.addr())];
-    c.apply.retry_max_delay = Duration::from_millis(200);
-    c.http.listen = String::new();
-    c
 }
 
 fn b64(key: &str) -> String {
@@ -62,25 +47,14 @@ fn b64(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_update_deletes_its_keys_and_moves_versions_forward_in_memcached() {
     let pg = pg();
     let memcached = MemcachedInstance::start().unwrap();
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("rules.yaml"), RULES).unwrap();
-    let c = config(&pg, rules.path(), &memcached);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(c.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let rules = common::rules_dir(RULES);
+    let mut c = common::daemon_config(&pg, rules.path());
+    c.memcached = vec![MemcachedConfig::addr(memcached.addr())];
+    let (stop_tx, daemon) = common::spawn_daemon(c);
 
     memcached.set("m:product:1", "cached");
     memcached.set("m:product:2", "cached");
@@ -91,11 +65,11 @@ async fn a_committed_update_deletes_its_keys_and_moves_versions_forward_in_memca
     memcached.set("m:ver:product:2", "900000000000000000");
 
     pg.psql("app", "UPDATE products SET price = price + 1").unwrap();
-    wait_for("the deletes", || memcached.get("m:product:1").is_none());
+    wait_until("the deletes", || memcached.get("m:product:1").is_none());
     assert_eq!(memcached.get("m:product:2"), None);
     let spaced_left = memcached.command(&format!("mg {spaced} b v\r\nmn\r\n")).unwrap();
     assert!(!spaced_left.contains("cached"), "{spaced_left}");
-    wait_for("the bumps", || memcached.get("m:ver:product:1").is_some());
+    wait_until("the bumps", || memcached.get("m:ver:product:1").is_some());
     let v1: u64 = memcached.get("m:ver:product:1").unwrap().parse().unwrap();
     assert!(v1 > 0, "a missing version key starts at the commit LSN");
     assert_eq!(memcached.get("m:ver:product:2").as_deref(), Some("900000000000000001"));
@@ -103,7 +77,7 @@ async fn a_committed_update_deletes_its_keys_and_moves_versions_forward_in_memca
     // Another commit moves version 1 again (to its own, higher LSN).
     pg.psql("app", "UPDATE products SET price = price + 1 WHERE id = 1")
         .unwrap();
-    wait_for("the second bump", || {
+    wait_until("the second bump", || {
         memcached
             .get("m:ver:product:1")
             .and_then(|v| v.parse::<u64>().ok())

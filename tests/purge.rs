@@ -3,6 +3,9 @@
 //! Fastly and Cloudflare request shapes against a local listener that records every request
 //! and answers what the test says (2xx, 503, 401).
 
+mod common;
+
+use common::{confirmed, current_lsn, wait_until};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use walbust::config::Config;
-use walbust::model::Lsn;
 use walbust::sink::http::{PurgeConfig, PurgeKind, PurgeTarget};
 use walbust::sink::Sink;
 use walbust_testkit::harness::{free_port, PgInstance, PgOptions, VarnishInstance};
@@ -28,82 +30,31 @@ rules:
 "#;
 
 fn pg() -> PgInstance {
-    let pg = PgInstance::start_with(PgOptions {
-        extra_conf: vec![("wal_sender_timeout".into(), "5s".into())],
-        ..PgOptions::default()
-    })
-    .unwrap();
-    pg.create_database("app").unwrap();
-    pg.psql(
-        "app",
+    common::database_with(
+        PgOptions {
+            extra_conf: vec![("wal_sender_timeout".into(), "5s".into())],
+            ..PgOptions::default()
+        },
         "CREATE TABLE products (id int PRIMARY KEY, category_id int, name text);
-         ALTER TABLE products REPLICA IDENTITY FULL;
-         CREATE PUBLICATION pub FOR TABLE products;
-         SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');",
+         ALTER TABLE products REPLICA IDENTITY FULL;",
+        "products",
     )
-    .unwrap();
-    pg
 }
 
 fn rules_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
-    dir
+    common::rules_dir(RULES)
 }
 
 /// A daemon configuration with `purge` as its only target.
 fn config(pg: &PgInstance, rules: &Path, purge: PurgeConfig, listen: &str) -> Config {
-    let mut c = Config::default();
-    c.postgres.url = pg.url("app");
-    c.postgres.publication = "pub".into();
-    c.postgres.status_interval = Duration::from_secs(1);
+    let mut c = common::daemon_config(pg, rules);
     c.postgres.reconnect_max_delay = Duration::from_millis(500);
-    c.rules.path = rules.to_path_buf();
     c.purge = vec![purge];
     c.http.listen = listen.to_string();
     c.apply.retry_max_delay = Duration::from_millis(300);
     c.apply.durability_window = Duration::ZERO;
     c.shutdown_timeout = Duration::from_secs(5);
     c
-}
-
-type DaemonTask = tokio::task::JoinHandle<Result<walbust::daemon::RunSummary, walbust::daemon::DaemonError>>;
-
-fn start_daemon(cfg: Config) -> (tokio::sync::oneshot::Sender<()>, DaemonTask) {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(walbust::daemon::run(cfg.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
-    (stop_tx, daemon)
-}
-
-async fn stop(stop_tx: tokio::sync::oneshot::Sender<()>, daemon: DaemonTask) {
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(15), daemon).await;
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn current_lsn(pg: &PgInstance) -> Lsn {
-    Lsn::parse(pg.psql("app", "SELECT pg_current_wal_insert_lsn()").unwrap().trim()).unwrap()
-}
-
-fn confirmed(pg: &PgInstance) -> Lsn {
-    Lsn::parse(
-        pg.psql(
-            "app",
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walbust'",
-        )
-        .unwrap()
-        .trim(),
-    )
-    .unwrap_or_default()
 }
 
 /// The response, or nothing while the server is not listening yet.
@@ -140,7 +91,7 @@ async fn a_page_cached_by_varnish_misses_after_its_row_changes() {
     purge.strip_prefix = "t:".into();
     let port = free_port();
     let cfg = config(&pg, rules.path(), purge, &format!("127.0.0.1:{port}"));
-    let (stop_tx, daemon) = start_daemon(cfg);
+    let (stop_tx, daemon) = common::spawn_daemon(cfg);
     wait_until("ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
     // The inserts above are applied first (the slot predates them): cache only after that.
     let after_inserts = current_lsn(&pg);
@@ -165,7 +116,7 @@ async fn a_page_cached_by_varnish_misses_after_its_row_changes() {
     let other = varnish.get("/product/2").unwrap();
     assert!(other.is_hit() && other.body == first[1], "{other:?}");
     wait_until("acknowledged", || confirmed(&pg) >= after);
-    stop(stop_tx, daemon).await;
+    common::stop_daemon(stop_tx, daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +279,7 @@ async fn fastly_purges_go_in_batches_of_256_and_a_503_holds_the_position_until_r
     purge.rate_limit = Some(0.0);
     let rules = rules_dir();
     let port = free_port();
-    let (stop_tx, daemon) = start_daemon(config(&pg, rules.path(), purge, &format!("127.0.0.1:{port}")));
+    let (stop_tx, daemon) = common::spawn_daemon(config(&pg, rules.path(), purge, &format!("127.0.0.1:{port}")));
     wait_until("ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
 
     // 600 rows in one transaction, all in category 1: 601 keys.
@@ -369,7 +320,7 @@ async fn fastly_purges_go_in_batches_of_256_and_a_503_holds_the_position_until_r
     assert_eq!(last.keys("surrogate_keys"), ["category:1", "product:1"]);
     let metrics = http_get(port, "/metrics");
     assert!(metrics.contains("kind=\"unavailable\""), "{metrics}");
-    stop(stop_tx, daemon).await;
+    common::stop_daemon(stop_tx, daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +336,7 @@ async fn cloudflare_purges_by_tag_and_a_401_is_a_permission_error() {
     purge.surrogate_keys = vec![walbust::sink::http::KeySource::Tags];
     let rules = rules_dir();
     let port = free_port();
-    let (stop_tx, daemon) = start_daemon(config(&pg, rules.path(), purge, &format!("127.0.0.1:{port}")));
+    let (stop_tx, daemon) = common::spawn_daemon(config(&pg, rules.path(), purge, &format!("127.0.0.1:{port}")));
     wait_until("ready", || http_get(port, "/readyz").starts_with("HTTP/1.1 200"));
 
     pg.psql(
@@ -425,7 +376,7 @@ async fn cloudflare_purges_by_tag_and_a_401_is_a_permission_error() {
     assert!(refused >= 1);
     listener.answer_with(200);
     wait_until("acknowledged once the token is fixed", || confirmed(&pg) >= after);
-    stop(stop_tx, daemon).await;
+    common::stop_daemon(stop_tx, daemon).await;
 }
 
 fn batch_of(keys: &[&str]) -> walbust::sink::Batch {

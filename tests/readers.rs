@@ -3,12 +3,15 @@
 //! reads that stay correct while rows change, reads that fall through within their deadline
 //! when Redis stops, a fill racing an invalidation, and the same protocol on a Redis Cluster.
 
+mod common;
+
+use common::{db, wait_for};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use walbust::client::{CacheClient, Entry, ReadOptions, Source};
-use walbust::config::{Config, OnGap, RedisConfig};
+use walbust::config::{OnGap, RedisConfig};
 use walbust_testkit::harness::{PgInstance, RedisCluster, RedisInstance};
 
 const KEYS: i64 = 50;
@@ -26,49 +29,25 @@ rules:
 "#;
 
 fn pg() -> PgInstance {
-    let pg = PgInstance::start().unwrap();
-    pg.create_database("app").unwrap();
-    pg.psql(
-        "app",
+    common::database(
         &format!(
             "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, rev int NOT NULL);
              ALTER TABLE items REPLICA IDENTITY FULL;
-             INSERT INTO items SELECT g, g % 5, 1 FROM generate_series(1, {KEYS}) g;
-             CREATE PUBLICATION pub FOR TABLE items;
-             SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');"
+             INSERT INTO items SELECT g, g % 5, 1 FROM generate_series(1, {KEYS}) g;"
         ),
+        "items",
     )
-    .unwrap();
-    pg
 }
 
 fn start_daemon(pg: &PgInstance, redis: RedisConfig) -> (tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("rules.yaml"), RULES).unwrap();
-    let mut c = Config::default();
-    c.postgres.url = pg.url("app");
-    c.postgres.publication = "pub".into();
-    c.postgres.status_interval = Duration::from_secs(1);
-    c.postgres.reconnect_max_delay = Duration::from_millis(300);
-    c.rules.path = rules.path().to_path_buf();
+    let rules = common::rules_dir(RULES);
+    let mut c = common::daemon_config(pg, rules.path());
     c.redis = vec![redis];
-    c.apply.retry_max_delay = Duration::from_millis(200);
     c.apply.on_gap = OnGap::BumpEpoch;
-    c.http.listen = String::new();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(walbust::daemon::run(c.validate().unwrap(), async {
-        let _ = stop_rx.await;
-    }));
+    let (stop, _daemon) = common::spawn_daemon(c);
     // Streaming, so the epoch is set before the first read builds a key with it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pg
-        .psql("app", "SELECT count(*) FROM pg_replication_slots WHERE active")
-        .is_ok_and(|n| n.trim() == "1")
-    {
-        assert!(Instant::now() < deadline, "the daemon did not start streaming");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (stop_tx, rules)
+    common::wait_streaming(pg);
+    (stop, rules)
 }
 
 /// The daemon's target for one redis-server.
@@ -76,22 +55,6 @@ fn redis_target(redis: &RedisInstance) -> RedisConfig {
     RedisConfig {
         url: redis.url(),
         ..RedisConfig::default()
-    }
-}
-
-async fn db(pg: &PgInstance) -> Arc<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    Arc::new(client)
-}
-
-async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
