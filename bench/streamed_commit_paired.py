@@ -13,7 +13,7 @@ or spill — at the same size) and the same streaming choice:
 Usage: bench/streamed_commit_paired.py target/release/walbust on|off ROWS [WORK_MEM=1MB] [RUNS=3]
 Needs the PostgreSQL of ../shared/bench/pglab.sh (127.0.0.1:5499), redis-server, psycopg, redis-py.
 """
-import os, select, subprocess, sys, tempfile, threading, time
+import os, re, subprocess, sys, tempfile, threading, time
 
 import psycopg
 from psycopg import sql
@@ -62,7 +62,8 @@ cmd = ["pg_recvlogical", "-h", "127.0.0.1", "-p", "5499", "-U", "postgres", "-d"
 if streaming:
     cmd += ["-o", "stream-changes=1"]
 recv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
-commits = []  # times pg_recvlogical printed a COMMIT line
+commits = {}  # xid -> when pg_recvlogical printed its COMMIT line
+XID = re.compile(rb"(?:COMMIT|committing streamed transaction TXN) (\d+)")
 
 
 def read_recv():
@@ -75,8 +76,9 @@ def read_recv():
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for ln in lines:
-            if ln.startswith(b"COMMIT") or ln.startswith(b"committing streamed transaction"):
-                commits.append(t)
+            m = XID.match(ln)
+            if m:
+                commits.setdefault(int(m.group(1)), t)
 
 
 threading.Thread(target=read_recv, daemon=True).start()
@@ -84,9 +86,9 @@ time.sleep(2)
 try:
     for run in range(runs):
         r.delete("d:ver:items")
-        seen = len(commits)
         t = time.monotonic()
         with c.transaction():
+            xid = int(c.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
             c.execute("UPDATE items SET price = price + 1")
         committed = time.monotonic()
         while r.get("d:ver:items") is None:
@@ -94,9 +96,9 @@ try:
             if time.monotonic() - committed > 300:
                 print("timeout waiting for walbust"); break
         done = time.monotonic()
-        while len(commits) <= seen and time.monotonic() - committed < 300:
+        while xid not in commits and time.monotonic() - committed < 300:
             time.sleep(0.0005)
-        got = commits[seen] if len(commits) > seen else float("nan")
+        got = commits.get(xid, float("nan"))
         print(f"streaming={mode} rows={rows} work_mem={work_mem} run {run + 1}: UPDATE took {committed - t:.2f} s; "
               f"after COMMIT returned: pg_recvlogical {1000 * (got - committed):.0f} ms, "
               f"walbust applied {1000 * (done - committed):.0f} ms, excess {1000 * (done - got):.0f} ms")
