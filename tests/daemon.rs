@@ -1478,3 +1478,108 @@ async fn a_cluster_batch_goes_as_one_pipeline_per_node() {
         "every version bumped"
     );
 }
+
+/// Redis Cluster (issue: speed): a slot moved to another node after walbust read the topology
+/// is still applied. The old owner answers MOVED to the per-node pipeline; the cluster client
+/// follows it (walbust's own fallback — those slots again, one pipeline each through the
+/// cluster client — covers a client that would not: with the fallback removed this still
+/// passes on redis-rs 1.8, so both layers are kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_after_the_topology_was_read_is_applied_through_the_redirect() {
+    let cluster = walbust_testkit::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
+    let mut target = walbust::sink::redis::RedisTarget::with_mode(
+        &cluster.url(),
+        true,
+        walbust::sink::redis::DeleteCommand::Unlink,
+        "tag:",
+    )
+    .unwrap();
+    let batch_of = |keys: Vec<String>, bumps: Vec<String>| {
+        let mut batch = walbust::plan::Batch::default();
+        batch.add_owned(walbust::plan::PlannedTxn {
+            commit: walbust::model::CommitInfo {
+                xid: Some(1),
+                lsn: Some(Lsn(100)),
+                end_lsn: Some(Lsn(108)),
+                commit_time: None,
+            },
+            changes: 1,
+            delete: keys,
+            bump: bumps,
+            tags: vec![],
+            tag_keys: vec![],
+            redelete: vec![],
+            delete_matching: vec![],
+            publish: vec![],
+            fallbacks: vec![],
+            unrenderable: vec![],
+            explain: None,
+        });
+        batch
+    };
+    // The target reads the topology with its first batch.
+    target.apply(&batch_of(vec!["k:warm".into()], vec![])).await.unwrap();
+
+    // Move the (empty) slot of `k:moved` to another node.
+    let slot = walbust::sink::redis::key_slot(b"k:moved");
+    let mut nodes = Vec::new();
+    for node in &cluster.nodes {
+        let mut c = redis::Client::open(node.url()).unwrap().get_connection().unwrap();
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut c).unwrap();
+        let owns = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<redis::Value>(&mut c)
+            .is_ok_and(|v| owner_port(&v, slot) == Some(node.port()));
+        nodes.push((c, id, owns));
+    }
+    let from = nodes.iter().position(|n| n.2).expect("the slot's owner");
+    let to = (from + 1) % nodes.len();
+    let to_id = nodes[to].1.clone();
+    // The new owner first, then the old one, then the rest (an empty slot moves at once).
+    for i in [to, from, (from + 2) % nodes.len()] {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&to_id)
+            .query(&mut nodes[i].0)
+            .unwrap();
+    }
+    let client = redis::cluster::ClusterClient::new(vec![cluster.nodes[to].url()]).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let _: () = c.set("k:moved", "cached").unwrap();
+    let on_new_owner: bool = redis::cmd("EXISTS").arg("k:moved").query(&mut nodes[to].0).unwrap();
+    assert!(on_new_owner, "the slot moved to node {to}");
+
+    target
+        .apply(&batch_of(vec!["k:moved".into()], vec!["v:moved{k:moved}".into()]))
+        .await
+        .unwrap();
+    assert!(!c.exists::<_, bool>("k:moved").unwrap(), "deleted on the new owner");
+    assert!(
+        c.exists::<_, bool>("v:moved{k:moved}").unwrap(),
+        "version bumped on the new owner"
+    );
+}
+
+/// The port of the node serving `slot` in a `CLUSTER SLOTS` reply.
+fn owner_port(slots: &redis::Value, slot: u16) -> Option<u16> {
+    let redis::Value::Array(ranges) = slots else {
+        return None;
+    };
+    ranges.iter().find_map(|range| {
+        let redis::Value::Array(parts) = range else { return None };
+        let int = |v: &redis::Value| match v {
+            redis::Value::Int(n) => Some(*n),
+            _ => None,
+        };
+        let (start, end) = (int(parts.first()?)?, int(parts.get(1)?)?);
+        if !(start..=end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let redis::Value::Array(node) = parts.get(2)? else {
+            return None;
+        };
+        int(node.get(1)?).map(|p| p as u16)
+    })
+}
