@@ -290,7 +290,7 @@ def main():
             f'version: 1\nprefix: "{PREFIX}"\nrules:\n  - name: item\n    table: public.items\n    delete: ["item:{{id}}"]\n')
         open(f"{work}/walbust.toml", "w").write(
             f'[postgres]\nurl = "postgres://postgres@127.0.0.1:5499/benchtgt"\nslot = "wb_tgt"\npublication = "pub_tgt"\n'
-            f'[rules]\npath = "{work}/rules.yaml"\n[http]\nlisten = ""\n' + target_toml)
+            f'[rules]\npath = "{work}/rules.yaml"\n[http]\nlisten = "127.0.0.1:{http_port + 1}"\n' + target_toml)
 
         def start_walbust():
             p = subprocess.Popen([a.walbust, "run", "--config", f"{work}/walbust.toml"],
@@ -334,6 +334,16 @@ def main():
         print(summary(f"{a.target} - pg_recvlogical", [done[i] - rc[i] for i in commit if i in done and i in rc],
                       len(commit)))
         print(f"invalidations never seen: {sum(1 for i in commit if i not in done)}")
+        # walbust's own view: commit timestamp (server clock) to every target applied.
+        try:
+            import urllib.request
+            text = urllib.request.urlopen(f"http://127.0.0.1:{http_port + 1}/metrics", timeout=2).read().decode()
+            buckets = [ln for ln in text.splitlines() if ln.startswith("walbust_commit_to_applied_seconds_bucket")]
+            le = re.compile(r'le="([^"]+)"')
+            print("walbust_commit_to_applied_seconds:",
+                  ", ".join("<= %s: %s" % (le.search(b).group(1), b.rsplit(" ", 1)[1]) for b in buckets))
+        except Exception as e:
+            print("metrics unavailable:", e)
 
         if a.drain_rows:
             wb.send_signal(signal.SIGTERM)
