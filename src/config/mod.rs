@@ -6,7 +6,9 @@
 
 use crate::rules::load::parse_duration;
 use crate::rules::RuleSet;
-use crate::sink::http::{PatternPolicy, PurgeConfig};
+pub mod purge;
+
+use self::purge::{PatternPolicy, PurgeConfig};
 use crate::sink::redis::{redact_url, DeleteCommand};
 use crate::source::conn::ConnectOptions;
 use serde::Deserialize;
@@ -725,7 +727,7 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_validates() {
-        let text = include_str!("../walbust.toml");
+        let text = include_str!("../../walbust.toml");
         let config = Config::parse(Path::new("walbust.toml"), text).unwrap();
         let v = config.validate().unwrap();
         assert_eq!(v.apply.max_batch_delay, DEFAULT_MAX_BATCH_DELAY);
