@@ -1506,14 +1506,7 @@ async fn a_slot_moved_after_the_topology_was_read_is_applied_through_the_redirec
             changes: 1,
             delete: keys,
             bump: bumps,
-            tags: vec![],
-            tag_keys: vec![],
-            redelete: vec![],
-            delete_matching: vec![],
-            publish: vec![],
-            fallbacks: vec![],
-            unrenderable: vec![],
-            explain: None,
+            ..Default::default()
         });
         batch
     };

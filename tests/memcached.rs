@@ -194,3 +194,25 @@ async fn tags_are_refused_for_memcached_targets_by_check_and_at_startup() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_deletes_is_one_round_trip() {
+    let memcached = MemcachedInstance::start().unwrap();
+    let keys: Vec<String> = (0..5_000).map(|i| format!("k:{i}")).collect();
+    let mut set = String::new();
+    for key in &keys[..100] {
+        set.push_str(&format!("ms {key} 1 T0\r\nx\r\n"));
+    }
+    set.push_str("mn\r\n");
+    memcached.command(&set);
+    assert_eq!(memcached.get("k:7").as_deref(), Some("x"));
+    let mut batch = walbust::sink::Batch::default();
+    batch.add_owned(walbust::plan::PlannedTxn {
+        delete: keys.clone(),
+        ..Default::default()
+    });
+    let mut target = MemcachedTarget::new(&memcached.addr(), Duration::from_secs(2));
+    Sink::apply(&mut target, &batch).await.unwrap();
+    assert_eq!(target.take_round_trips(), 1, "5,000 quiet deletes and one mn");
+    assert!(keys[..100].iter().all(|k| memcached.get(k).is_none()));
+}

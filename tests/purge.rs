@@ -385,15 +385,7 @@ fn batch_of(keys: &[&str]) -> walbust::sink::Batch {
         commit: Default::default(),
         changes: 1,
         delete: keys.iter().map(|k| k.to_string()).collect(),
-        bump: vec![],
-        tags: vec![],
-        tag_keys: vec![],
-        redelete: vec![],
-        delete_matching: vec![],
-        publish: vec![],
-        fallbacks: vec![],
-        unrenderable: vec![],
-        explain: None,
+        ..Default::default()
     });
     batch
 }

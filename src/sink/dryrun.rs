@@ -176,13 +176,9 @@ fn merged(batch: &Batch) -> PlannedTxn {
         delete: sorted(&actions.delete),
         bump,
         tags: sorted(&actions.tags),
-        tag_keys: Vec::new(),
-        redelete: Vec::new(),
         delete_matching: sorted(&actions.delete_matching),
         publish: actions.publish.iter().map(|(channel, _)| channel.clone()).collect(),
-        fallbacks: Vec::new(),
-        unrenderable: Vec::new(),
-        explain: None,
+        ..Default::default()
     }
 }
 
@@ -389,15 +385,7 @@ mod tests {
             },
             changes: 1,
             delete: delete.iter().map(|s| s.to_string()).collect(),
-            bump: vec![],
-            tags: vec![],
-            tag_keys: vec![],
-            redelete: vec![],
-            delete_matching: vec![],
-            publish: vec![],
-            fallbacks: vec![],
-            unrenderable: vec![],
-            explain: None,
+            ..Default::default()
         }
     }
 

@@ -230,14 +230,8 @@ mod tests {
             changes: 1,
             delete: delete.iter().map(|s| s.to_string()).collect(),
             bump: bump.iter().map(|s| s.to_string()).collect(),
-            tags: vec![],
-            tag_keys: vec![],
-            redelete: vec![],
-            delete_matching: vec![],
             publish: vec!["ch".into()],
-            fallbacks: vec![],
-            unrenderable: vec![],
-            explain: None,
+            ..Default::default()
         }
     }
 

@@ -20,7 +20,7 @@ pub type Explanation = Vec<((ActionKind, String), Vec<String>)>;
 
 /// The deduplicated actions of one committed transaction, sorted unless the planner was
 /// made [`Planner::unsorted`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlannedTxn {
     pub commit: CommitInfo,
     pub changes: u64,
