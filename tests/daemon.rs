@@ -1432,40 +1432,14 @@ async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
 async fn a_cluster_batch_goes_as_one_pipeline_per_node() {
     use walbust::sink::Sink;
     let cluster = walbust_testkit::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
-    let mut target = walbust::sink::redis::RedisTarget::with_mode(
-        &cluster.url(),
-        true,
-        walbust::sink::redis::DeleteCommand::Unlink,
-        "tag:",
-    )
-    .unwrap();
+    let mut target = cluster_target(&cluster);
     let client = redis::cluster::ClusterClient::new(vec![cluster.nodes[0].url()]).unwrap();
     let mut c = client.get_connection().unwrap();
     let keys: Vec<String> = (0..2000).map(|i| format!("k:{i}")).collect();
     for key in &keys {
         let _: () = c.set(key, "cached").unwrap();
     }
-    let txn = walbust::plan::PlannedTxn {
-        commit: walbust::model::CommitInfo {
-            xid: Some(1),
-            lsn: Some(Lsn(100)),
-            end_lsn: Some(Lsn(108)),
-            commit_time: None,
-        },
-        changes: 2000,
-        delete: keys.clone(),
-        bump: (0..2000).map(|i| format!("v:{i}")).collect(),
-        tags: vec![],
-        tag_keys: vec![],
-        redelete: vec![],
-        delete_matching: vec![],
-        publish: vec![],
-        fallbacks: vec![],
-        unrenderable: vec![],
-        explain: None,
-    };
-    let mut batch = walbust::plan::Batch::default();
-    batch.add_owned(txn);
+    let batch = cluster_batch(keys.clone(), (0..2000).map(|i| format!("v:{i}")).collect());
     target.apply(&batch).await.unwrap();
     let round_trips = target.take_round_trips();
     assert!(round_trips <= 10, "{round_trips} round trips for 4,000 keys on 3 nodes");
@@ -1487,31 +1461,12 @@ async fn a_cluster_batch_goes_as_one_pipeline_per_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_after_the_topology_was_read_is_applied_through_the_redirect() {
     let cluster = walbust_testkit::harness::RedisCluster::start(3).expect("start a 3-node Redis Cluster");
-    let mut target = walbust::sink::redis::RedisTarget::with_mode(
-        &cluster.url(),
-        true,
-        walbust::sink::redis::DeleteCommand::Unlink,
-        "tag:",
-    )
-    .unwrap();
-    let batch_of = |keys: Vec<String>, bumps: Vec<String>| {
-        let mut batch = walbust::plan::Batch::default();
-        batch.add_owned(walbust::plan::PlannedTxn {
-            commit: walbust::model::CommitInfo {
-                xid: Some(1),
-                lsn: Some(Lsn(100)),
-                end_lsn: Some(Lsn(108)),
-                commit_time: None,
-            },
-            changes: 1,
-            delete: keys,
-            bump: bumps,
-            ..Default::default()
-        });
-        batch
-    };
+    let mut target = cluster_target(&cluster);
     // The target reads the topology with its first batch.
-    target.apply(&batch_of(vec!["k:warm".into()], vec![])).await.unwrap();
+    target
+        .apply(&cluster_batch(vec!["k:warm".into()], vec![]))
+        .await
+        .unwrap();
 
     // Move the (empty) slot of `k:moved` to another node.
     let slot = walbust::sink::redis::key_slot(b"k:moved");
@@ -1545,7 +1500,7 @@ async fn a_slot_moved_after_the_topology_was_read_is_applied_through_the_redirec
     assert!(on_new_owner, "the slot moved to node {to}");
 
     target
-        .apply(&batch_of(vec!["k:moved".into()], vec!["v:moved{k:moved}".into()]))
+        .apply(&cluster_batch(vec!["k:moved".into()], vec!["v:moved{k:moved}".into()]))
         .await
         .unwrap();
     assert!(!c.exists::<_, bool>("k:moved").unwrap(), "deleted on the new owner");
@@ -1553,6 +1508,35 @@ async fn a_slot_moved_after_the_topology_was_read_is_applied_through_the_redirec
         c.exists::<_, bool>("v:moved{k:moved}").unwrap(),
         "version bumped on the new owner"
     );
+}
+
+/// walbust's target for a test cluster.
+fn cluster_target(cluster: &walbust_testkit::harness::RedisCluster) -> walbust::sink::redis::RedisTarget {
+    walbust::sink::redis::RedisTarget::with_mode(
+        &cluster.url(),
+        true,
+        walbust::sink::redis::DeleteCommand::Unlink,
+        "tag:",
+    )
+    .unwrap()
+}
+
+/// One committed transaction's deletes and bumps as a batch.
+fn cluster_batch(delete: Vec<String>, bump: Vec<String>) -> walbust::plan::Batch {
+    let mut batch = walbust::plan::Batch::default();
+    batch.add_owned(walbust::plan::PlannedTxn {
+        commit: walbust::model::CommitInfo {
+            xid: Some(1),
+            lsn: Some(Lsn(100)),
+            end_lsn: Some(Lsn(108)),
+            commit_time: None,
+        },
+        changes: (delete.len() + bump.len()) as u64,
+        delete,
+        bump,
+        ..Default::default()
+    });
+    batch
 }
 
 /// The port of the node serving `slot` in a `CLUSTER SLOTS` reply.
