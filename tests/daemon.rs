@@ -1126,6 +1126,13 @@ async fn a_failover_to_a_standby_behind_walbust_moves_the_epoch_and_versions_kee
     wait_until("epoch moved: the slot's history has a gap", || {
         c.get::<_, i64>("walbust:epoch").unwrap() > epoch
     });
+    // The epoch moves before the slot is recreated (gap recovery: mark, bump, new slot, bump):
+    // a write before the new slot exists is in the gap, so wait for walbust to stream from it.
+    wait_until("streaming from the new slot", || {
+        standby
+            .psql("app", "SELECT count(*) FROM pg_replication_slots WHERE active")
+            .is_ok_and(|n| n.trim() == "1")
+    });
     // Product 1 does not exist on the standby: the new timeline inserts it again, at a lower
     // position than the version walbust stored on the old one.
     standby
