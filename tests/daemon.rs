@@ -1331,9 +1331,21 @@ async fn rules_on_a_partitioned_table_apply_to_its_partitions() {
 /// Protocol 2 streaming (issue: speed): a transaction larger than `logical_decoding_work_mem`
 /// is streamed while it runs. Its keys are applied at its commit, nothing of an aborted
 /// subtransaction or of an aborted transaction is applied, and the position is acknowledged only
-/// after the commit.
+/// after the commit. Keys held in memory until the commit (`max_batch_actions` above them all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
+    streamed_transactions(None).await;
+}
+
+/// The same with the keys waiting on disk (`apply.spill_dir`): a streamed transaction that
+/// holds `max_batch_actions` keys spills them, reads them back at its commit, and still drops
+/// what its aborted subtransaction and the aborted transaction spilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_spilled_to_disk_apply_at_commit_and_drop_what_aborted() {
+    streamed_transactions(Some(250)).await;
+}
+
+async fn streamed_transactions(spill_at: Option<usize>) {
     let pg = PgInstance::start_with(PgOptions {
         extra_conf: vec![
             ("wal_sender_timeout".into(), "5s".into()),
@@ -1368,10 +1380,14 @@ async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
         "version: 1\nprefix: \"t:\"\nrules:\n  - name: p\n    table: products\n    delete: [\"product:{id}\"]\n",
     )
     .unwrap();
-    let mut cfg = config(&pg, rules.path(), &[&redis], "");
+    let port = free_port();
+    let mut cfg = config(&pg, rules.path(), &[&redis], &format!("127.0.0.1:{port}"));
     cfg.rules.max_keys_per_transaction = 1_000_000;
     cfg.postgres.streaming = true;
     cfg.postgres.decoding_work_mem = "64kB".into();
+    let spill_dir = tempfile::tempdir().unwrap();
+    cfg.apply.spill_dir = spill_dir.path().to_path_buf();
+    cfg.apply.max_batch_actions = spill_at.unwrap_or(100_000);
     let (stop_tx, daemon) = start_daemon(cfg);
     let mut c = conn(&redis);
     for id in 1..=9000 {
@@ -1428,6 +1444,23 @@ async fn streamed_transactions_apply_at_commit_and_drop_what_aborted() {
     assert!(
         streamed.trim().parse::<u64>().unwrap_or(0) >= 1,
         "the server streamed: {streamed}"
+    );
+    let metrics = http_get(port, "/metrics");
+    let spilled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("walbust_streamed_keys_spilled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no spill counter in\n{metrics}"));
+    if spill_at.is_some() {
+        // Each of the three 3,000-row parts and the aborted transaction went over 250 keys.
+        assert!(spilled >= 4 * 2_000, "spilled {spilled} keys");
+    } else {
+        assert_eq!(spilled, 0);
+    }
+    assert_eq!(
+        std::fs::read_dir(spill_dir.path()).unwrap().count(),
+        0,
+        "spill files are anonymous: nothing is left in the directory"
     );
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();

@@ -45,10 +45,10 @@ pub const DEFAULT_MEMCACHED_TIMEOUT: Duration = Duration::from_secs(2);
 /// `redis[].feed_maxlen`: entries the invalidation feed keeps (about).
 pub const DEFAULT_FEED_MAXLEN: u64 = walbust_client::feed::DEFAULT_FEED_MAXLEN;
 pub const DEFAULT_DECODING_WORK_MEM: &str = "1MB";
-/// Off: a streamed transaction's keys must be held until its commit (it may still abort), so
-/// with every key applied memory grows with the transaction, where protocol 1 applies a
-/// committed transaction in parts with flat memory (see docs/configuration.md).
-pub const DEFAULT_STREAMING: bool = false;
+/// On where the server supports it (PostgreSQL 14+): a large transaction's keys are collected
+/// while it runs, so little is left to do after its COMMIT; what it holds past
+/// `apply.max_batch_actions` keys waits on disk (`apply.spill_dir`), so memory stays flat.
+pub const DEFAULT_STREAMING: bool = true;
 /// An instance that cannot apply for this long releases the slot for a standby.
 pub const DEFAULT_RELEASE_SLOT_AFTER: Duration = Duration::from_secs(30);
 
@@ -199,6 +199,9 @@ pub struct ApplyConfig {
     /// once it applies again. `0s`: never release.
     #[serde(with = "duration_text")]
     pub release_slot_after: Duration,
+    /// Where a streamed transaction's keys wait for its commit once it holds
+    /// `max_batch_actions` of them (empty: the system's temporary directory).
+    pub spill_dir: PathBuf,
 }
 
 impl Default for ApplyConfig {
@@ -214,6 +217,7 @@ impl Default for ApplyConfig {
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             durability_window: DEFAULT_DURABILITY_WINDOW,
             release_slot_after: DEFAULT_RELEASE_SLOT_AFTER,
+            spill_dir: PathBuf::new(),
         }
     }
 }
@@ -560,6 +564,7 @@ impl Config {
             "MAX_BATCH_ACTIONS" => self.apply.max_batch_actions = number("apply.max_batch_actions")?,
             "DURABILITY_WINDOW" => self.apply.durability_window = duration("apply.durability_window")?,
             "RELEASE_SLOT_AFTER" => self.apply.release_slot_after = duration("apply.release_slot_after")?,
+            "SPILL_DIR" => self.apply.spill_dir = PathBuf::from(value),
             "ON_GAP" => {
                 self.apply.on_gap = OnGap::parse(&value).ok_or_else(|| {
                     invalid(
@@ -630,6 +635,16 @@ impl Config {
             if value.is_zero() {
                 return Err(invalid(field, "must be longer than zero, e.g. 1s"));
             }
+        }
+        let spill = &self.apply.spill_dir;
+        if !spill.as_os_str().is_empty() && !spill.is_dir() {
+            return Err(invalid(
+                "apply.spill_dir",
+                format!(
+                    "{} is not a directory; create it, or leave apply.spill_dir empty for the system's temporary directory",
+                    spill.display()
+                ),
+            ));
         }
         Ok(Validated { config: self, connect })
     }

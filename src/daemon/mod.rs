@@ -18,6 +18,7 @@ pub mod gap;
 pub mod partitions;
 pub mod redelete;
 pub mod slot_stats;
+pub mod spill;
 pub mod startup;
 
 use crate::config::{ConfigError, OnGap, Validated};
@@ -64,6 +65,8 @@ pub enum DaemonError {
     EpochNotBumped(SinkError),
     #[error(transparent)]
     Applier(#[from] ApplierFailed),
+    #[error(transparent)]
+    Spill(#[from] spill::SpillError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -149,6 +152,7 @@ pub async fn run(
         stream: Stream::start_with(stream_config(&config, &connect), progress.clone()),
         applier: Some(Applier::start(targets.sinks, context.clone())),
         planner: Planner::with_options(rules, false, engine_options(&config)).unsorted(),
+        spill: spill::Spill::new(&cfg.apply.spill_dir),
         batch: Batch::default(),
         batch_started: None,
         change_counts: ChangeCounts::default(),
@@ -260,6 +264,8 @@ struct Daemon {
     connect: ConnectOptions,
     stream: Stream,
     planner: Planner,
+    /// Keys of streamed transactions waiting on disk for their commit.
+    spill: spill::Spill,
     batch: Batch,
     batch_started: Option<Instant>,
     change_counts: ChangeCounts,
@@ -353,7 +359,9 @@ impl Daemon {
                         if !self.partitions.resolve(&events, self.planner.engine_mut(), &|| stop.requested()).await {
                             return Ok(());
                         }
-                        self.on_events(&events)
+                        if !self.on_events(&events).await? {
+                            return Ok(());
+                        }
                     }
                     Some(StreamItem::Messages(_)) | Some(StreamItem::Idle { .. }) => {
                         return Err(DaemonError::Internal("the stream sent raw messages; the daemon asks for events"))
@@ -361,7 +369,7 @@ impl Daemon {
                     Some(StreamItem::Reconnected { error }) => {
                         tracing::warn!(error = %error, "replication reconnected; replaying from the last acknowledged position");
                         // A partial transaction will be sent again in full.
-                        self.planner.push(&Event::Rollback);
+                        self.forget_in_progress();
                         // Only a stream that started sends this: from now on a missing slot is
                         // a gap, even on a database that never sent a change.
                         self.streamed_once = true;
@@ -378,7 +386,7 @@ impl Daemon {
     /// acknowledged position, so every transaction after it is applied again.
     async fn replay_from_slot(&mut self) {
         self.generation = self.context.progress.generation();
-        self.planner.push(&Event::Rollback);
+        self.forget_in_progress();
         self.batch = Batch::default();
         self.batch_started = None;
         self.stream.restart().await;
@@ -397,7 +405,7 @@ impl Daemon {
             tracing::warn!(
                 "the targets apply again; streaming again from the slot (or waiting while a standby holds it)"
             );
-            self.planner.push(&Event::Rollback);
+            self.forget_in_progress();
             self.stream.restart().await;
         }
     }
@@ -437,13 +445,31 @@ impl Daemon {
         Err(DaemonError::Internal("the apply task ended before shutdown"))
     }
 
-    fn on_events(&mut self, events: &[Event]) {
+    /// Transactions in progress are forgotten: the stream starts again from the slot, and the
+    /// server sends them again from their start.
+    fn forget_in_progress(&mut self) {
+        self.planner.push(&Event::Rollback);
+        self.spill.clear();
+    }
+
+    /// Plans the events; committed transactions join the batch. `Ok(false)` when shutdown ended
+    /// a wait for the applier.
+    async fn on_events(&mut self, events: &[Event]) -> Result<bool, DaemonError> {
         self.streamed_once = true;
+        let max_actions = self.config.apply.max_batch_actions;
         for event in events {
-            if let Event::Change(change) | Event::StreamChange { change, .. } = event {
-                self.change_counts.count(change);
+            match event {
+                Event::Change(change) | Event::StreamChange { change, .. } => self.change_counts.count(change),
+                Event::StreamAbort { xid, subxid } => self.spill.abort(*xid, *subxid),
+                Event::Rollback => self.spill.clear(),
+                _ => {}
             }
             if let Some(txn) = self.planner.push(event) {
+                if let Event::StreamCommit(info) = event {
+                    if !self.add_spilled(info).await? {
+                        return Ok(false);
+                    }
+                }
                 self.context.metrics.transaction();
                 record_notes(&txn, &self.context.metrics);
                 if self.batch.is_empty() {
@@ -451,7 +477,17 @@ impl Daemon {
                 }
                 self.batch.add_owned(txn);
                 self.summary.transactions += 1;
-            } else if self.planner.pending_keys() >= self.config.apply.max_batch_actions {
+            } else if matches!(event, Event::StreamChange { .. }) {
+                // A streamed transaction may still abort, so its keys wait for its commit — on
+                // disk once it holds a batch's worth, so memory does not grow with it.
+                if self.planner.streamed_keys() >= max_actions {
+                    if let Some((top, taken)) = self.planner.take_streamed() {
+                        let before = self.spill.spilled_keys;
+                        self.spill.hold(top, taken);
+                        self.context.metrics.spilled_keys(self.spill.spilled_keys - before);
+                    }
+                }
+            } else if self.planner.pending_keys() >= max_actions {
                 // A large transaction goes out in parts as it arrives: memory stays bounded by
                 // the batch size, not the transaction's (its position only at its commit).
                 if let Some(part) = self.planner.take_part() {
@@ -464,6 +500,27 @@ impl Daemon {
             }
         }
         self.change_counts.flush_into(&self.context.metrics);
+        Ok(true)
+    }
+
+    /// At a streamed transaction's commit: what it held on disk joins the batch in parts of
+    /// `max_batch_actions` keys, a full batch going to the applier before the next part is
+    /// read, ahead of the transaction itself (which carries its position).
+    async fn add_spilled(&mut self, commit: &crate::model::CommitInfo) -> Result<bool, DaemonError> {
+        let Some(mut held) = commit.xid.map(|xid| self.spill.take(xid)).transpose()?.flatten() else {
+            return Ok(true);
+        };
+        let max_actions = self.config.apply.max_batch_actions;
+        while let Some(keys) = held.next_part(max_actions)? {
+            if self.batch.is_empty() {
+                self.batch_started = Some(Instant::now());
+            }
+            self.batch.add_part(keys.into_part(commit));
+            if self.batch.actions() >= max_actions && !self.flush().await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The stream stopped for good. A gap in the slot's history with `on_gap = bump_epoch`
@@ -475,7 +532,7 @@ impl Daemon {
         if !gap || self.config.apply.on_gap != OnGap::BumpEpoch {
             return Err(DaemonError::Stream(e));
         }
-        self.planner.push(&Event::Rollback);
+        self.forget_in_progress();
         if !self.batch.is_empty() && !self.flush().await? {
             return Ok(());
         }

@@ -66,6 +66,7 @@ pub struct Metrics {
     progress: Arc<Progress>,
     changes: Family<TableOp, Counter>,
     transactions: Counter,
+    spilled_keys: Counter,
     actions: Family<KindTarget, Counter>,
     round_trips: Family<TargetLabel, Counter>,
     redis_errors: Family<KindTarget, Counter>,
@@ -96,6 +97,7 @@ impl Metrics {
             progress,
             changes: Family::default(),
             transactions: Counter::default(),
+            spilled_keys: Counter::default(),
             actions: Family::default(),
             round_trips: Family::default(),
             redis_errors: Family::default(),
@@ -128,6 +130,11 @@ impl Metrics {
             "walbust_transactions",
             "Committed transactions received",
             self.transactions.clone(),
+        );
+        r.register(
+            "walbust_streamed_keys_spilled",
+            "Keys of streamed transactions written to disk until their commit (apply.spill_dir)",
+            self.spilled_keys.clone(),
         );
         r.register(
             "walbust_actions",
@@ -242,6 +249,10 @@ impl Metrics {
 
     pub fn transaction(&self) {
         self.transactions.inc();
+    }
+
+    pub fn spilled_keys(&self, n: u64) {
+        self.spilled_keys.inc_by(n);
     }
 
     pub fn actions(&self, kind: &'static str, target: &str, n: u64) {

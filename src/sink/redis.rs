@@ -307,6 +307,7 @@ impl RedisTarget {
             let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             Backend::Cluster {
                 client: redis::cluster::ClusterClient::builder(seeds)
+                    .tcp_settings(walbust_client::tcp_settings())
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(Duration::from_secs(10))
                     .build()
@@ -314,15 +315,16 @@ impl RedisTarget {
                 conn: None,
             }
         } else {
+            let info = walbust_client::connection_info(url).map_err(err)?;
             let client = match ca_cert {
                 Some(root_cert) => redis::Client::build_with_tls(
-                    url,
+                    info,
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(root_cert),
                     },
                 ),
-                None => redis::Client::open(url),
+                None => redis::Client::open(info),
             };
             Backend::Single {
                 client: client.map_err(err)?,

@@ -31,7 +31,7 @@ pub mod local;
 mod scripts;
 mod stats;
 
-pub use conn::RedisConnection;
+pub use conn::{connection_info, tcp_settings, RedisConnection};
 pub use local::{Deps, LocalCache, LocalCacheOptions, LocalStats, Ticket, FEED_CHECK_SCRIPT};
 pub use scripts::{
     FILL_SCRIPT, LEASE_FILL_SCRIPT, LEASE_KEY_SCRIPT, LEASE_MARKER, LEASE_READ_SCRIPT, LEASE_RELEASE_SCRIPT,

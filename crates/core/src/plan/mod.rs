@@ -104,6 +104,73 @@ fn take(current: &mut TxnPlan, commit: CommitInfo, rules: &RuleSet, sort: bool) 
     txn
 }
 
+/// The keys one streamed (sub)transaction collected so far, taken out of the planner
+/// ([`Planner::take_streamed`]) to be held elsewhere until the transaction's commit — the
+/// daemon spills them to disk, so a streamed transaction's memory does not grow with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamedKeys {
+    /// The (sub)transaction that produced them: its abort drops them.
+    pub subxid: u32,
+    pub delete: Vec<String>,
+    pub bump: Vec<String>,
+    pub tags: Vec<String>,
+    pub tag_keys: Vec<String>,
+    pub delete_matching: Vec<String>,
+    pub redelete: Vec<(String, std::time::Duration)>,
+}
+
+impl StreamedKeys {
+    pub fn len(&self) -> usize {
+        self.delete.len()
+            + self.bump.len()
+            + self.tags.len()
+            + self.tag_keys.len()
+            + self.delete_matching.len()
+            + self.redelete.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys as a part of the transaction committing with `commit` (its commit LSN, which
+    /// version bumps take; no end position: that comes with the transaction itself).
+    pub fn into_part(self, commit: &CommitInfo) -> PlannedTxn {
+        PlannedTxn {
+            commit: CommitInfo {
+                xid: commit.xid,
+                lsn: commit.lsn,
+                end_lsn: None,
+                commit_time: None,
+            },
+            delete: self.delete,
+            bump: self.bump,
+            tags: self.tags,
+            tag_keys: self.tag_keys,
+            delete_matching: self.delete_matching,
+            redelete: self.redelete,
+            ..PlannedTxn::default()
+        }
+    }
+}
+
+/// A streamed transaction in progress: what each of its (sub)transactions collected, and how
+/// many keys that is (so the daemon can tell when to take them out without counting).
+#[derive(Default)]
+struct Streamed {
+    subs: HashMap<u32, TxnPlan>,
+    keys: usize,
+}
+
+fn held_keys(plan: &TxnPlan) -> usize {
+    plan.delete.len()
+        + plan.bump.len()
+        + plan.tags.len()
+        + plan.tag_keys.len()
+        + plan.delete_matching.len()
+        + plan.redelete.len()
+}
+
 /// Turns events into planned transactions.
 pub struct Planner {
     engine: Engine,
@@ -115,9 +182,9 @@ pub struct Planner {
     final_lsn: Option<crate::model::Lsn>,
     /// Sort each transaction's actions (for output people read; see [`Planner::unsorted`]).
     sort: bool,
-    /// Streamed transactions in progress (protocol 2): top-level xid → what each of its
+    /// Streamed transactions in progress (protocol 2) by top-level xid, with what each of its
     /// (sub)transactions collected, so a subtransaction's abort drops only its own keys.
-    streams: HashMap<u32, HashMap<u32, TxnPlan>>,
+    streams: HashMap<u32, Streamed>,
     /// The streamed transaction of the current stream block.
     stream: Option<u32>,
     explain: bool,
@@ -203,32 +270,68 @@ impl Planner {
             Event::StreamChange { xid: subxid, change } => {
                 let top = self.stream.unwrap_or(*subxid);
                 let explain = self.explain;
-                let plan = self
-                    .streams
-                    .entry(top)
-                    .or_default()
+                let streamed = self.streams.entry(top).or_default();
+                let plan = streamed
+                    .subs
                     .entry(*subxid)
                     .or_insert_with(|| TxnPlan::with_explain(explain));
+                let before = held_keys(plan);
                 self.engine.evaluate(change, plan);
+                streamed.keys += held_keys(plan) - before;
                 None
             }
             Event::StreamAbort { xid, subxid } => {
                 if xid == subxid {
                     self.streams.remove(xid);
-                } else if let Some(subs) = self.streams.get_mut(xid) {
-                    subs.remove(subxid);
+                } else if let Some(streamed) = self.streams.get_mut(xid) {
+                    if let Some(plan) = streamed.subs.remove(subxid) {
+                        streamed.keys -= held_keys(&plan);
+                    }
                 }
                 None
             }
             Event::StreamCommit(info) => {
                 let top = info.xid?;
                 let mut merged = TxnPlan::with_explain(self.explain);
-                for (_, plan) in self.streams.remove(&top).unwrap_or_default() {
+                for (_, plan) in self.streams.remove(&top).unwrap_or_default().subs {
                     merged.absorb(plan);
                 }
                 Some(take(&mut merged, info.clone(), self.engine.rules(), self.sort))
             }
         }
+    }
+
+    /// Keys held for the streamed transaction of the current stream block (0 outside one).
+    pub fn streamed_keys(&self) -> usize {
+        self.stream.and_then(|top| self.streams.get(&top)).map_or(0, |s| s.keys)
+    }
+
+    /// Takes the keys held for the streamed transaction of the current stream block out of the
+    /// planner, per (sub)transaction: its top-level xid and the keys, to be held elsewhere and
+    /// applied at its commit (after what [`Planner::push`] returns at its StreamCommit is
+    /// planned, or before: both are the same transaction). What the transaction needs besides
+    /// keys stays here (the fan-out breaker's counts, announcements, fallback notes), so the
+    /// commit still reports them once. `None` outside a stream block.
+    pub fn take_streamed(&mut self) -> Option<(u32, Vec<StreamedKeys>)> {
+        let top = self.stream?;
+        let streamed = self.streams.get_mut(&top)?;
+        streamed.keys = 0;
+        let drain = |set: &mut crate::rules::actions::KeySet| set.drain().collect::<Vec<String>>();
+        let taken = streamed
+            .subs
+            .iter_mut()
+            .map(|(subxid, plan)| StreamedKeys {
+                subxid: *subxid,
+                delete: drain(&mut plan.delete),
+                bump: drain(&mut plan.bump),
+                tags: drain(&mut plan.tags),
+                tag_keys: drain(&mut plan.tag_keys),
+                delete_matching: drain(&mut plan.delete_matching),
+                redelete: plan.redelete.drain().collect(),
+            })
+            .filter(|keys| !keys.is_empty())
+            .collect();
+        Some((top, taken))
     }
 
     /// Keys collected so far for the transaction in progress.
@@ -268,5 +371,91 @@ impl Planner {
     /// were not planned), if any.
     pub fn unterminated(&self) -> Option<(Option<u32>, u64)> {
         self.in_transaction.then_some((self.open_xid, self.current.changes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Change, Column, Datum, Lsn, Op, Relation, RowChange};
+
+    const RULES: &str = "version: 1\nrules:\n  - name: p\n    table: products\n    delete: [\"product:{id}\"]\n";
+
+    fn planner() -> Planner {
+        let rules = Arc::new(crate::rules::load_str("r.yaml", RULES).unwrap().rules);
+        Planner::new(rules, false)
+    }
+
+    fn insert(subxid: u32, id: u32) -> Event {
+        let relation = Arc::new(Relation::new("public", "products", vec![Column::named("id")]));
+        Event::StreamChange {
+            xid: subxid,
+            change: Change::Row(RowChange {
+                relation,
+                op: Op::Insert,
+                old: None,
+                new: Some(vec![Datum::Text(id.to_string())]),
+            }),
+        }
+    }
+
+    fn commit(xid: u32) -> Event {
+        Event::StreamCommit(CommitInfo {
+            xid: Some(xid),
+            lsn: Some(Lsn(0x100)),
+            end_lsn: Some(Lsn(0x108)),
+            commit_time: None,
+        })
+    }
+
+    /// Keys taken out while a transaction streams are what it collected, tagged with the
+    /// (sub)transaction that produced them; what stays is applied at its commit, and a
+    /// subtransaction aborted after a take-out drops only what it collected since.
+    #[test]
+    fn streamed_keys_taken_out_are_tagged_by_subtransaction() {
+        let mut p = planner();
+        assert_eq!(p.take_streamed(), None, "outside a stream block");
+        p.push(&Event::StreamStart { xid: 10 });
+        p.push(&insert(10, 1));
+        p.push(&insert(11, 2));
+        p.push(&insert(11, 2));
+        assert_eq!(p.streamed_keys(), 2, "deduplicated");
+        let (top, mut taken) = p.take_streamed().unwrap();
+        assert_eq!(top, 10);
+        taken.sort_by_key(|k| k.subxid);
+        assert_eq!(
+            taken.iter().map(|k| (k.subxid, k.delete.clone())).collect::<Vec<_>>(),
+            vec![(10, vec!["product:1".to_string()]), (11, vec!["product:2".to_string()])]
+        );
+        assert_eq!(p.streamed_keys(), 0);
+        p.push(&insert(11, 3));
+        p.push(&insert(12, 4));
+        assert_eq!(p.streamed_keys(), 2);
+        p.push(&Event::StreamStop);
+        assert_eq!(p.streamed_keys(), 0, "outside a block nothing is counted");
+        p.push(&Event::StreamAbort { xid: 10, subxid: 11 });
+        p.push(&Event::StreamStart { xid: 10 });
+        assert_eq!(p.streamed_keys(), 1, "the aborted subtransaction's keys are gone");
+        p.push(&Event::StreamStop);
+        let txn = p.push(&commit(10)).unwrap();
+        assert_eq!(txn.delete, vec!["product:4".to_string()]);
+        assert_eq!(txn.changes, 2, "the aborted subtransaction's changes are not counted");
+        assert_eq!(txn.commit.end_lsn, Some(Lsn(0x108)));
+    }
+
+    #[test]
+    fn a_taken_out_part_carries_the_commit_lsn_but_no_position() {
+        let keys = StreamedKeys {
+            subxid: 7,
+            bump: vec!["ver:1".into()],
+            ..StreamedKeys::default()
+        };
+        let Event::StreamCommit(info) = commit(7) else {
+            unreachable!()
+        };
+        let part = keys.into_part(&info);
+        assert_eq!(part.commit.lsn, Some(Lsn(0x100)));
+        assert_eq!(part.commit.end_lsn, None);
+        assert_eq!(part.bump, vec!["ver:1".to_string()]);
     }
 }
