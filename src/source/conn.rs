@@ -508,25 +508,36 @@ impl ReplicationConnection {
         }
     }
 
+    /// A complete backend message already read, if there is one (no I/O).
+    fn buffered(&mut self) -> Result<Option<BackendMessage>, ConnError> {
+        let mut head = Cursor::new(&self.read);
+        let (Ok(tag), Ok(len)) = (head.u8("message type"), head.i32("message length")) else {
+            return Ok(None);
+        };
+        if len < 4 {
+            return Err(ConnError::Protocol(format!("invalid message length {len}")));
+        }
+        let total = len as usize + 1;
+        if self.read.len() < total {
+            return Ok(None);
+        }
+        let mut frame = self.read.split_to(total);
+        Ok(Some(BackendMessage {
+            tag,
+            body: frame.split_off(5).freeze(),
+        }))
+    }
+
     /// Receives one backend message.
     pub async fn recv(&mut self) -> Result<BackendMessage, ConnError> {
         loop {
+            if let Some(message) = self.buffered()? {
+                return Ok(message);
+            }
             let mut head = Cursor::new(&self.read);
-            if let (Ok(tag), Ok(len)) = (head.u8("message type"), head.i32("message length")) {
-                if len < 4 {
-                    return Err(ConnError::Protocol(format!("invalid message length {len}")));
-                }
-                let total = len as usize + 1;
-                if self.read.len() >= total {
-                    let mut frame = self.read.split_to(total);
-                    return Ok(BackendMessage {
-                        tag,
-                        body: frame.split_off(5).freeze(),
-                    });
-                }
-                self.read.reserve(total - self.read.len());
-            } else {
-                self.read.reserve(64 * 1024);
+            match (head.u8("message type"), head.i32("message length")) {
+                (Ok(_), Ok(len)) => self.read.reserve(len as usize + 1 - self.read.len()),
+                _ => self.read.reserve(64 * 1024),
             }
             let n = self.stream.read_buf(&mut self.read).await?;
             if n == 0 {
@@ -608,22 +619,22 @@ impl ReplicationConnection {
     /// In CopyBoth mode: the next CopyData payload, or `None` when the server ended the copy.
     pub async fn recv_copy_data(&mut self) -> Result<Option<Bytes>, ConnError> {
         loop {
-            let msg = self.recv().await?;
-            match msg.tag {
-                b'd' => return Ok(Some(msg.body)),
-                // The server ended the copy (CopyDone), possibly followed by CommandComplete and
-                // ReadyForQuery (e.g. a walsender shutting down): the stream is over.
-                b'c' | b'C' | b'Z' => return Ok(None),
-                b'E' => return Err(ConnError::Server(parse_error(&msg.body)?)),
-                b'N' | b'S' => {}
-                other => {
-                    return Err(ConnError::Protocol(format!(
-                        "unexpected message {:?} while streaming",
-                        other as char
-                    )))
-                }
+            if let Some(data) = copy_data(self.recv().await?)? {
+                return Ok(data);
             }
         }
+    }
+
+    /// Like [`ReplicationConnection::recv_copy_data`], for what was already read only:
+    /// `Ok(None)` when no whole message is buffered. The stream drains a read this way, without
+    /// going back through its `select!` per message.
+    pub fn try_recv_copy_data(&mut self) -> Result<Option<Option<Bytes>>, ConnError> {
+        while let Some(message) = self.buffered()? {
+            if let Some(data) = copy_data(message)? {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
     }
 
     /// Sends one CopyData payload (e.g. a standby status update).
@@ -640,6 +651,22 @@ impl ReplicationConnection {
         frontend::copy_done(&mut self.write);
         frontend::terminate(&mut self.write);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
+    }
+}
+
+/// A message during CopyBoth: `Some(Some(data))` for CopyData, `Some(None)` when the server
+/// ended the copy (CopyDone, possibly followed by CommandComplete and ReadyForQuery, e.g. a
+/// walsender shutting down: the stream is over), `None` for a notice or parameter status.
+fn copy_data(msg: BackendMessage) -> Result<Option<Option<Bytes>>, ConnError> {
+    match msg.tag {
+        b'd' => Ok(Some(Some(msg.body))),
+        b'c' | b'C' | b'Z' => Ok(Some(None)),
+        b'E' => Err(ConnError::Server(parse_error(&msg.body)?)),
+        b'N' | b'S' => Ok(None),
+        other => Err(ConnError::Protocol(format!(
+            "unexpected message {:?} while streaming",
+            other as char
+        ))),
     }
 }
 

@@ -610,6 +610,16 @@ impl<'a> Session<'a> {
                         return Err(StreamError::Ended);
                     };
                     self.on_frame(&mut conn, &data, &mut pending).await?;
+                    // What that read brought along goes without another trip through this
+                    // select: its futures and wakers cost more than decoding a message. The
+                    // timers are looked at again once a batch is full.
+                    while pending.len() < self.config.batch_events && pending.bytes < batch_bytes {
+                        match conn.try_recv_copy_data().map_err(|e| classify(e, self.config))? {
+                            Some(Some(data)) => self.on_frame(&mut conn, &data, &mut pending).await?,
+                            Some(None) => return Err(StreamError::Ended),
+                            None => break,
+                        }
+                    }
                 }
             }
         }

@@ -372,7 +372,8 @@ pub fn parse_message_in(bytes: &[u8], in_stream: bool) -> Result<(Option<u32>, M
 /// Stateful decoder: relation cache + message → event conversion.
 #[derive(Default)]
 pub struct Decoder {
-    relations: HashMap<u32, Arc<Relation>>,
+    /// By OID, looked up per change: the fast hasher (OIDs are the server's, not an attacker's).
+    relations: HashMap<u32, Arc<Relation>, crate::rules::actions::FastState>,
     /// Type names announced by Type messages (user-defined types), by OID.
     types: HashMap<u32, String>,
     xid: Option<u32>,

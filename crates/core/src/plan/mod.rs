@@ -5,6 +5,7 @@
 //! yield nothing: only committed work is ever applied.
 
 use crate::model::{CommitInfo, Event};
+use crate::rules::actions::FastState;
 use crate::rules::eval::{Engine, EngineOptions};
 use crate::rules::{ActionKind, RuleSet};
 use std::collections::HashMap;
@@ -158,7 +159,7 @@ impl StreamedKeys {
 /// many keys that is (so the daemon can tell when to take them out without counting).
 #[derive(Default)]
 struct Streamed {
-    subs: HashMap<u32, TxnPlan>,
+    subs: HashMap<u32, TxnPlan, FastState>,
     keys: usize,
 }
 
@@ -184,7 +185,7 @@ pub struct Planner {
     sort: bool,
     /// Streamed transactions in progress (protocol 2) by top-level xid, with what each of its
     /// (sub)transactions collected, so a subtransaction's abort drops only its own keys.
-    streams: HashMap<u32, Streamed>,
+    streams: HashMap<u32, Streamed, FastState>,
     /// The streamed transaction of the current stream block.
     stream: Option<u32>,
     explain: bool,
@@ -203,7 +204,7 @@ impl Planner {
             open_xid: None,
             final_lsn: None,
             sort: true,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             stream: None,
             explain,
         }
