@@ -615,8 +615,8 @@ fn record_notes(txn: &PlannedTxn, metrics: &Metrics) {
 /// allocating (by relation version id), named once per relation for the metric.
 #[derive(Default)]
 struct ChangeCounts {
-    counts: HashMap<(u64, &'static str), u64>,
-    names: HashMap<u64, String>,
+    counts: HashMap<(u64, &'static str), u64, crate::rules::actions::FastState>,
+    names: HashMap<u64, String, crate::rules::actions::FastState>,
 }
 
 impl ChangeCounts {

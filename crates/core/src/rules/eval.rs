@@ -7,7 +7,7 @@
 //! NULL skips a key; a value the change does not carry makes the template unrenderable, which
 //! adds the rule's fallback (or an unrenderable note) once for that change.
 
-use super::actions::{Note, TxnPlan};
+use super::actions::{FastState, Note, TxnPlan};
 use super::template::{glob_escape_into, Image, Part};
 use super::{ActionKind, Rule, RuleSet};
 use crate::model::{Change, Datum, Op, Relation, RowChange};
@@ -81,7 +81,8 @@ impl Default for EngineOptions {
 pub struct Engine {
     rules: Arc<RuleSet>,
     options: EngineOptions,
-    compiled: HashMap<u64, Arc<Vec<CompiledRule>>>,
+    /// By relation version id (process-made, not input): the fast hasher, looked up per change.
+    compiled: HashMap<u64, Arc<Vec<CompiledRule>>, FastState>,
     /// Partition (schema, name) → the partitioned table whose rules apply to it.
     partition_parents: HashMap<(String, String), super::TableName>,
     buf: String,
@@ -97,7 +98,7 @@ impl Engine {
         Engine {
             rules,
             options,
-            compiled: HashMap::new(),
+            compiled: HashMap::default(),
             partition_parents: HashMap::new(),
             buf: String::with_capacity(128),
             tag_buf: String::with_capacity(128),
