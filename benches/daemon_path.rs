@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 use walbust::daemon::spill::Spill;
+use walbust::decode::pgoutput::build::Message as Msg;
 use walbust::decode::pgoutput::Decoder;
 use walbust::model::Event;
 use walbust::plan::{Batch, Planner};
@@ -25,39 +26,6 @@ const RULES: &str = "version: 1\nprefix: \"d:\"\nrules:\n  - name: item\n    tab
 /// drain (≈ 20).
 const TXNS_PER_BATCH: usize = 20;
 const MAX_BATCH_ACTIONS: usize = 5_000;
-
-struct Msg(Vec<u8>);
-impl Msg {
-    fn new(tag: u8) -> Msg {
-        Msg(vec![tag])
-    }
-    fn u8(mut self, v: u8) -> Msg {
-        self.0.push(v);
-        self
-    }
-    fn i16(mut self, v: i16) -> Msg {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i32(mut self, v: i32) -> Msg {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn i64(mut self, v: i64) -> Msg {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn s(mut self, v: &str) -> Msg {
-        self.0.extend_from_slice(v.as_bytes());
-        self.0.push(0);
-        self
-    }
-    fn text(self, v: &str) -> Msg {
-        let mut m = self.u8(b't').i32(v.len() as i32);
-        m.0.extend_from_slice(v.as_bytes());
-        m
-    }
-}
 
 fn relation(xid: Option<i32>) -> Vec<u8> {
     let mut m = Msg::new(b'R');

@@ -568,43 +568,51 @@ fn row(rel: &Relation, values: &[TupleValue<'_>], old: Option<OldKind>) -> Resul
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Builds pgoutput messages byte by byte, the way the server lays them out: for the decoder's
+/// tests and the daemon-path benchmark (never used on the stream).
+pub mod build {
+    pub struct Message(pub Vec<u8>);
 
-    /// Builds messages byte by byte, the way the server lays them out.
-    struct B(Vec<u8>);
-    impl B {
-        fn new(tag: u8) -> B {
-            B(vec![tag])
+    impl Message {
+        pub fn new(tag: u8) -> Message {
+            Message(vec![tag])
         }
-        fn u8(mut self, v: u8) -> B {
+        pub fn u8(mut self, v: u8) -> Message {
             self.0.push(v);
             self
         }
-        fn i16(mut self, v: i16) -> B {
+        pub fn i16(mut self, v: i16) -> Message {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn i32(mut self, v: i32) -> B {
+        pub fn i32(mut self, v: i32) -> Message {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn i64(mut self, v: i64) -> B {
+        pub fn i64(mut self, v: i64) -> Message {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn s(mut self, v: &str) -> B {
+        /// A NUL-terminated string.
+        pub fn s(mut self, v: &str) -> Message {
             self.0.extend_from_slice(v.as_bytes());
             self.0.push(0);
             self
         }
-        fn text(self, v: &str) -> B {
-            let mut b = self.u8(b't').i32(v.len() as i32);
-            b.0.extend_from_slice(v.as_bytes());
-            b
+        /// A column value in text form (`t`, length, bytes).
+        pub fn text(self, v: &str) -> Message {
+            let mut m = self.u8(b't').i32(v.len() as i32);
+            m.0.extend_from_slice(v.as_bytes());
+            m
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::build::Message as B;
 
     fn relation_msg() -> Vec<u8> {
         B::new(b'R')
