@@ -779,8 +779,24 @@ mod tests {
         let err = c.clone().validate().err().unwrap().to_string();
         assert!(err.starts_with("postgres.status_interval:"), "{err}");
         c.postgres.status_interval = DEFAULT_STATUS_INTERVAL;
+        c.apply.spill_dir = PathBuf::from("/nonexistent/walbust-spill");
+        let err = c.clone().validate().err().unwrap().to_string();
+        assert!(
+            err.starts_with("apply.spill_dir:") && err.contains("is not a directory; create it"),
+            "{err}"
+        );
+        c.apply.spill_dir = PathBuf::new();
         c.redis.clear();
         assert!(c.validate().err().unwrap().to_string().starts_with("redis:"));
+    }
+
+    /// Streaming is on unless the config says otherwise (the stream uses protocol 1 on servers
+    /// before 14 whatever this says).
+    #[test]
+    fn streaming_is_on_by_default() {
+        assert!(Config::default().postgres.streaming);
+        let c = Config::parse(Path::new("w.toml"), "[postgres]\nstreaming = false\n").unwrap();
+        assert!(!c.postgres.streaming);
     }
 
     #[test]

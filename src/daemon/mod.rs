@@ -11,7 +11,8 @@
 //! loop stops taking events, the stream's bounded buffer fills, and the stream stops reading
 //! WAL but keeps the replication connection alive. On shutdown the loop applies what is in
 //! flight, acknowledges it, and sends the final status update. A gap in the slot's history is
-//! handled by [`gap`]; the startup check and the sinks come from [`startup`].
+//! handled by [`gap`]; the startup check and the sinks come from [`startup`]. A streamed
+//! transaction's keys wait for its commit on disk ([`spill`]) once they are a batch's worth.
 
 pub mod applier;
 pub mod gap;
@@ -482,9 +483,8 @@ impl Daemon {
                 // disk once it holds a batch's worth, so memory does not grow with it.
                 if self.planner.streamed_keys() >= max_actions {
                     if let Some((top, taken)) = self.planner.take_streamed() {
-                        let before = self.spill.spilled_keys;
-                        self.spill.hold(top, taken);
-                        self.context.metrics.spilled_keys(self.spill.spilled_keys - before);
+                        let spilled = self.spill.hold(top, taken);
+                        self.context.metrics.spilled_keys(spilled);
                     }
                 }
             } else if self.planner.pending_keys() >= max_actions {

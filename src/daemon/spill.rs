@@ -59,8 +59,6 @@ pub struct Spill {
     open: HashMap<u32, Open>,
     /// Reused for encoding, so one write per take-out.
     buf: Vec<u8>,
-    /// Keys written to disk, in all (for the metric).
-    pub spilled_keys: u64,
 }
 
 impl Spill {
@@ -74,14 +72,14 @@ impl Spill {
             },
             open: HashMap::new(),
             buf: Vec::new(),
-            spilled_keys: 0,
         }
     }
 
-    /// Appends what the planner took out of streamed transaction `top`.
-    pub fn hold(&mut self, top: u32, taken: Vec<StreamedKeys>) {
+    /// Appends what the planner took out of streamed transaction `top`; returns how many keys
+    /// went to disk (the rest, if any, stayed in memory).
+    pub fn hold(&mut self, top: u32, taken: Vec<StreamedKeys>) -> u64 {
         if taken.is_empty() {
-            return;
+            return 0;
         }
         let dir = &self.dir;
         let open = self.open.entry(top).or_insert_with(|| Open {
@@ -97,19 +95,20 @@ impl Spill {
         });
         let Some(file) = open.file.as_mut().filter(|_| open.writable) else {
             open.memory.extend(taken);
-            return;
+            return 0;
         };
         self.buf.clear();
         let n = encode(&mut self.buf, &taken);
         match file.write_all(&self.buf) {
             Ok(()) => {
                 open.file_keys += n;
-                self.spilled_keys += n;
+                n
             }
             Err(e) => {
                 tracing::error!(xid = top, dir = %dir.display(), error = %e, "cannot write a streamed transaction's keys to disk (apply.spill_dir); holding the rest of them in memory");
                 open.writable = false;
                 open.memory.extend(taken);
+                0
             }
         }
     }
@@ -290,7 +289,7 @@ mod tests {
     fn held_keys_come_back_in_parts_without_aborted_subtransactions() {
         let dir = tempfile::tempdir().unwrap();
         let mut spill = Spill::new(dir.path());
-        spill.hold(
+        let mut spilled = spill.hold(
             10,
             vec![
                 keys(10, &["a", "b", "c"]),
@@ -306,8 +305,8 @@ mod tests {
                 keys(12, &["gone"]),
             ],
         );
-        spill.hold(10, vec![keys(12, &["gone too"]), keys(10, &["d"])]);
-        spill.hold(20, vec![keys(20, &["other"])]);
+        spilled += spill.hold(10, vec![keys(12, &["gone too"]), keys(10, &["d"])]);
+        spilled += spill.hold(20, vec![keys(20, &["other"])]);
         spill.abort(10, 12);
         spill.abort(20, 20);
         assert!(
@@ -333,7 +332,7 @@ mod tests {
         assert_eq!(all.tag_keys, vec!["tk"]);
         assert_eq!(all.delete_matching, vec!["m:*"]);
         assert_eq!(all.redelete, vec![("r".to_string(), Duration::from_millis(1500))]);
-        assert_eq!(spill.spilled_keys, 13);
+        assert_eq!(spilled, 13);
         assert!(spill.take(10).unwrap().is_none(), "taken once");
     }
 
@@ -341,11 +340,11 @@ mod tests {
     #[test]
     fn keys_stay_in_memory_when_the_directory_cannot_hold_files() {
         let mut spill = Spill::new(Path::new("/nonexistent/walbust-spill"));
-        spill.hold(5, vec![keys(5, &["a"]), keys(6, &["b"])]);
+        let spilled = spill.hold(5, vec![keys(5, &["a"]), keys(6, &["b"])]);
         spill.abort(5, 6);
         let parts = read_all(&mut spill, 5, 100);
         assert_eq!(parts, vec![keys(5, &["a"])]);
-        assert_eq!(spill.spilled_keys, 0);
+        assert_eq!(spilled, 0, "nothing went to disk");
     }
 
     #[test]
